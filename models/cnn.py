@@ -1,0 +1,96 @@
+"""Build a compiled ``keras.Model`` from an :class:`Architecture`."""
+
+from __future__ import annotations
+
+import keras
+
+from models.architecture import Architecture, Block
+from models.layers import SumPooling2D
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
+
+_POOLS = {
+    "max": keras.layers.MaxPooling2D,
+    "avg": keras.layers.AveragePooling2D,
+    "sum": SumPooling2D,
+}
+_HEAD_POOLS = {
+    "flatten": keras.layers.Flatten,
+    "avg": keras.layers.GlobalAveragePooling2D,
+    "max": keras.layers.GlobalMaxPooling2D,
+}
+
+
+def _block_layers(index: int, block: Block) -> list[keras.layers.Layer]:
+    layers: list[keras.layers.Layer] = []
+    for i in range(1, block.convs + 1):
+        layers.append(keras.layers.Conv2D(
+            block.filters, block.kernel_size,
+            strides=block.strides if i == 1 else 1,
+            padding=block.padding,
+            use_bias=not block.batch_norm,
+            name=f"block{index}_conv{i}",
+        ))
+        if block.batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"block{index}_bn{i}"))
+        layers.append(keras.layers.Activation(block.activation, name=f"block{index}_act{i}"))
+    if block.pooling != "none":
+        layers.append(_POOLS[block.pooling](
+            block.pool_size, padding=block.padding, name=f"block{index}_pool"))
+    return layers
+
+
+def build_model(arch: Architecture) -> keras.Model:
+    """Create the (uncompiled) network an architecture describes.
+
+    Layer names and output shapes match :meth:`Architecture.layers` one to one.
+
+    Raises:
+        ValueError: if the architecture is infeasible on its input shape.
+    """
+    reason = arch.infeasibility()
+    if reason:
+        raise ValueError(f"infeasible architecture: {reason}")
+    inputs = keras.Input(shape=arch.input_shape, name="image")
+    x = inputs
+    for index, block in enumerate(arch.blocks, start=1):
+        for layer in _block_layers(index, block):
+            x = layer(x)
+    x = _HEAD_POOLS[arch.head.global_pooling](name="head_pool")(x)
+    if arch.head.dense_units:
+        x = keras.layers.Dense(arch.head.dense_units, activation="relu", name="head_dense")(x)
+        if arch.head.dropout:
+            x = keras.layers.Dropout(arch.head.dropout, name="head_dropout")(x)
+    # float32 output keeps softmax stable under a mixed-precision policy.
+    outputs = keras.layers.Dense(
+        arch.num_classes, activation="softmax", dtype="float32", name="output")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def compile_model(
+    model: keras.Model,
+    optimizer: str = "adam",
+    learning_rate: float = 1e-3,
+    jit_compile: bool | str = "auto",
+) -> keras.Model:
+    """Compile a classifier with integer labels and accuracy.
+
+    Args:
+        model: the network from :func:`build_model`.
+        optimizer: one of ``OPTIMIZERS``.
+        learning_rate: initial learning rate.
+        jit_compile: passed to ``Model.compile`` (``"auto"``, True or False).
+
+    Returns:
+        The same model, compiled.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    model.compile(
+        optimizer=keras.optimizers.get({"class_name": optimizer,
+                                        "config": {"learning_rate": learning_rate}}),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model

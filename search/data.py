@@ -1,0 +1,360 @@
+"""Load image classification data as float32 NHWC arrays in [0, 1] with int32 labels 0..K-1."""
+
+import logging
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import keras
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from search.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+logger = logging.getLogger(__name__)
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "image_folder")
+COLOR_MODES: tuple[str, ...] = ("grayscale", "rgb")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
+KERAS_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion_mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+    "cifar10": (
+        "airplane", "automobile", "bird", "cat", "deer",
+        "dog", "frog", "horse", "ship", "truck",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data to load and how to split it; built by the CLI from the Hydra config."""
+
+    name: str
+    path: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    image_size: tuple[int, int] | None = None
+    color_mode: str = "grayscale"
+    limit: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train/validation/test splits: x float32 NHWC in [0, 1], y int32 in 0..K-1."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one example as (height, width, channels)."""
+        height, width, channels = self.x_train.shape[1:]
+        return int(height), int(width), int(channels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes K."""
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A source's train and test data, labels already encoded as 0..K-1."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def load_dataset(spec: DataSpec, seed: int) -> Dataset:
+    """Load, scale and split the data described by `spec`, deterministically under `seed`.
+
+    Raises:
+        UserError: the spec or the data on disk is unusable, or a download failed.
+    """
+    _check_spec(spec)
+    loaded = _LOADERS[spec.name](spec, seed)
+    x_train, x_test = _to_unit_range(_with_channel(loaded.x_train), _with_channel(loaded.x_test))
+    x_train, x_val, y_train, y_val = _split(
+        x_train, loaded.y_train, spec.val_fraction, seed, "data.val_fraction"
+    )
+    if spec.limit is not None and spec.limit < len(y_train):
+        _, x_train, _, y_train = _split(x_train, y_train, spec.limit, seed, "data.limit")
+    data = Dataset(x_train, y_train, x_val, y_val, x_test, loaded.y_test, loaded.class_names)
+    logger.info(
+        "data=%s: train %s, val %s, test %s, %d classes (%s)",
+        spec.name,
+        x_train.shape,
+        x_val.shape,
+        x_test.shape,
+        data.num_classes,
+        ", ".join(data.class_names),
+    )
+    return data
+
+
+def _check_spec(spec: DataSpec) -> None:
+    """Reject spec values that cannot work, naming the config key."""
+    if spec.name not in DATASETS:
+        raise UserError(f"unknown data={spec.name!r}; choose one of: {', '.join(DATASETS)}")
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(spec, key)
+        if not 0 < value < 1:
+            raise UserError(f"data.{key} must be between 0 and 1 (exclusive), got {value}")
+    if spec.limit is not None and spec.limit < 1:
+        raise UserError(f"data.limit must be a positive number of examples, got {spec.limit}")
+    if spec.color_mode not in COLOR_MODES:
+        raise UserError(
+            f"data.color_mode must be one of {', '.join(COLOR_MODES)}, got {spec.color_mode!r}"
+        )
+    size = spec.image_size
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise UserError(f"data.image_size must be two positive ints [height, width], got {size}")
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, size: float | int, seed: int, key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split off `size` (fraction or count) of (x, y), stratified by y when the classes allow.
+
+    Returns:
+        x_rest, x_part, y_rest, y_part.
+    """
+    try:
+        return train_test_split(x, y, test_size=size, random_state=seed, stratify=y)
+    except ValueError as exc:
+        logger.warning("%s: cannot stratify (%s); splitting without stratification", key, exc)
+    try:
+        return train_test_split(x, y, test_size=size, random_state=seed)
+    except ValueError as exc:
+        raise UserError(f"{key}={size}: cannot split {len(y)} examples ({exc})") from exc
+
+
+def _with_channel(x: np.ndarray) -> np.ndarray:
+    """Add a trailing channel axis to (N, H, W) images."""
+    return x[..., np.newaxis] if x.ndim == 3 else x
+
+
+def _to_unit_range(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convert both arrays to float32 scaled by one factor derived from the training set."""
+    scale = _scale_factor(x_train)
+    return (x_train.astype(np.float32) / scale), (x_test.astype(np.float32) / scale)
+
+
+def _scale_factor(x_train: np.ndarray) -> float:
+    """255 for uint8-like integers, 1 for floats already in [0, 1], else the max abs value."""
+    low, high = float(x_train.min()), float(x_train.max())
+    if np.issubdtype(x_train.dtype, np.integer) and low >= 0 and high <= 255:
+        return 255.0
+    if low >= 0 and high <= 1:
+        return 1.0
+    return max(abs(low), abs(high))
+
+
+def _load_digits(spec: DataSpec, seed: int) -> _Loaded:
+    """sklearn's bundled 8x8 digits (values 0..16), split into train and test."""
+    digits = load_digits()
+    x, y = digits.images / 16.0, digits.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = _split(x, y, spec.test_fraction, seed, "data.test_fraction")
+    return _Loaded(x_train, y_train, x_test, y_test, tuple(str(i) for i in range(10)))
+
+
+def _load_keras(spec: DataSpec, seed: int) -> _Loaded:
+    """A keras.datasets dataset with its own test split (downloaded once, then cached)."""
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, spec.name).load_data()
+    except Exception as exc:  # offline downloads fail with URL, OS or plain Exceptions
+        raise UserError(
+            f"data={spec.name} needs internet or a cached copy in ~/.keras/datasets "
+            f"(download failed: {_short_reason(exc)}); "
+            "use data=digits (bundled) or data=npz data.path=FILE"
+        ) from exc
+    return _Loaded(
+        x_train,
+        y_train.reshape(-1).astype(np.int32),
+        x_test,
+        y_test.reshape(-1).astype(np.int32),
+        KERAS_CLASS_NAMES[spec.name],
+    )
+
+
+def _short_reason(exc: Exception, max_chars: int = 160) -> str:
+    """First line of an exception message, shortened to fit in a one-line error."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+def _required_path(spec: DataSpec) -> Path:
+    """spec.path as a Path, or a UserError when it is not set."""
+    if not spec.path:
+        raise UserError(f"data.path is required for data={spec.name}")
+    return Path(spec.path).expanduser()
+
+
+def _load_npz(spec: DataSpec, seed: int) -> _Loaded:
+    """A user .npz file with x_train, y_train, x_test, y_test (like keras' mnist.npz)."""
+    path = _required_path(spec)
+    if not path.is_file():
+        raise UserError(f"data.path {path} does not exist (data=npz needs a .npz file)")
+    arrays = _read_npz(path)
+    x_train, y_train = _checked_split(arrays, "train", path)
+    x_test, y_test = _checked_split(arrays, "test", path)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise UserError(
+            f"{path}: x_test images have shape {x_test.shape[1:]} "
+            f"but x_train images have {x_train.shape[1:]}"
+        )
+    return _encode_labels(x_train, y_train, x_test, y_test, path)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The required arrays of an .npz file; UserError if unreadable or keys are missing."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path} is not a valid .npz file ({_short_reason(exc)})") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise UserError(f"{path} is a single .npy array, not an .npz file with {NPZ_KEYS}")
+    with npz:
+        missing = [key for key in NPZ_KEYS if key not in npz.files]
+        if missing:
+            raise UserError(
+                f"{path} is missing key(s) {', '.join(missing)}; "
+                f"required keys: {', '.join(NPZ_KEYS)}"
+            )
+        try:
+            return {key: npz[key] for key in NPZ_KEYS}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise UserError(f"{path} is not a valid .npz file ({_short_reason(exc)})") from exc
+
+
+def _checked_split(
+    arrays: dict[str, np.ndarray], split: str, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of one split in NHWC and 1-D form; UserError on bad shapes or lengths."""
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if x.ndim not in (3, 4):
+        raise UserError(
+            f"{path}: x_{split} must have shape (N, H, W) or (N, H, W, C), got {x.shape}"
+        )
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise UserError(f"{path}: y_{split} must be a 1-D array of class labels, got {y.shape}")
+    if len(x) != len(y):
+        raise UserError(
+            f"{path}: {split} split length mismatch: "
+            f"x_{split} has {len(x)} examples, y_{split} has {len(y)}"
+        )
+    if len(x) == 0:
+        raise UserError(f"{path}: x_{split} is empty")
+    return _with_channel(x), y
+
+
+def _encode_labels(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, path: Path
+) -> _Loaded:
+    """Map the training labels' distinct values to 0..K-1, named by their original values."""
+    classes = np.unique(y_train)
+    if len(classes) < 2:
+        raise UserError(f"{path}: y_train needs at least 2 classes, found {len(classes)}")
+    unknown = np.setdiff1d(np.unique(y_test), classes)
+    if unknown.size:
+        raise UserError(
+            f"{path}: y_test has labels not present in y_train: {unknown[:10].tolist()}"
+        )
+    return _Loaded(
+        x_train,
+        np.searchsorted(classes, y_train).astype(np.int32),
+        x_test,
+        np.searchsorted(classes, y_test).astype(np.int32),
+        tuple(str(c) for c in classes.tolist()),
+    )
+
+
+def _load_image_folder(spec: DataSpec, seed: int) -> _Loaded:
+    """Images in one sub-folder per class under data.path, split into train and test."""
+    class_dirs = _class_dirs(_required_path(spec))
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        images = _image_files(class_dir)
+        files += images
+        labels += [label] * len(images)
+    size = spec.image_size or _image_size(files[0])
+    x = np.stack([_read_image(file, spec.color_mode, size) for file in files])
+    y = np.array(labels, dtype=np.int32)
+    x_train, x_test, y_train, y_test = _split(x, y, spec.test_fraction, seed, "data.test_fraction")
+    return _Loaded(x_train, y_train, x_test, y_test, tuple(d.name for d in class_dirs))
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    """The sorted, non-hidden sub-folders of root; UserError unless there are at least 2."""
+    if not root.is_dir():
+        raise UserError(f"data.path {root} is not a directory (data=image_folder needs one)")
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise UserError(f"data.path {root} has no class sub-folders (one folder per class)")
+    if len(dirs) < 2:
+        raise UserError(
+            f"data.path {root} needs at least 2 class sub-folders, found only {dirs[0].name}"
+        )
+    return dirs
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    """The sorted image files of one class folder; UserError if there are none."""
+    files = sorted(
+        p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise UserError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _image_size(file: Path) -> tuple[int, int]:
+    """(height, width) of an image file."""
+    width, height = _open_image(file, "rgb", None).size
+    return height, width
+
+
+def _read_image(file: Path, color_mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One image as a uint8 (H, W, C) array resized to `size`."""
+    return keras.utils.img_to_array(_open_image(file, color_mode, size), dtype="uint8")
+
+
+def _open_image(file: Path, color_mode: str, size: tuple[int, int] | None) -> "Image":
+    """keras.utils.load_img with a UserError naming the file if it cannot be read."""
+    try:
+        return keras.utils.load_img(file, color_mode=color_mode, target_size=size)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {file} ({_short_reason(exc)})") from exc
+
+
+_LOADERS: dict[str, Callable[[DataSpec, int], _Loaded]] = {
+    "digits": _load_digits,
+    "mnist": _load_keras,
+    "fashion_mnist": _load_keras,
+    "cifar10": _load_keras,
+    "npz": _load_npz,
+    "image_folder": _load_image_folder,
+}
