@@ -205,8 +205,11 @@ def _parse(key: str, spec: Any) -> Dimension:
         raise UserError(f"search_space.{key} is an empty list; give at least one value")
     for value in spec:
         _check_value(key, value)
-    if len({type(v) for v in spec}) > 1 and not all(isinstance(v, int | float) for v in spec):
-        raise UserError(f"search_space.{key} mixes value types: {list(spec)}")
+    if len({type(v) for v in spec}) > 1:
+        if not all(isinstance(v, int | float) for v in spec):
+            raise UserError(f"search_space.{key} mixes value types: {list(spec)}")
+        # keras-tuner's Choice takes one value type only: [0, 0.5] -> [0.0, 0.5].
+        spec = [bool(v) for v in spec] if key == "batch_norm" else [float(v) for v in spec]
     return Dimension(key, values=tuple(spec))
 
 

@@ -1,0 +1,157 @@
+"""The ``cnnsearch`` console script.
+
+Each subcommand is a Hydra application over the same config tree (conf/), so every
+Hydra habit works: ``key=value`` overrides, ``-m`` multirun, ``--cfg job``,
+``--help``, ``experiment=...`` presets. Errors a user can fix are printed as one
+line (no traceback) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+COMMANDS = {
+    "sweep": "search CNN architectures with keras-tuner (the main job)",
+}
+USAGE = """usage: cnnsearch <command> [hydra overrides] [hydra flags]
+
+Search convolutional network architectures with Keras, keras-tuner, Hydra and MLflow.
+
+commands:
+{commands}
+
+examples:
+  cnnsearch sweep                                   default sweep on the bundled digits data
+  cnnsearch sweep search_space=small tuner.max_trials=5 training.epochs=2
+  cnnsearch sweep -m tuner=random,hyperband seed=0,1
+  cnnsearch sweep --cfg job                         print the composed config, run nothing
+  cnnsearch sweep --help                            every config group and key
+
+options:
+  -h, --help     show this message
+  --version      show the version
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``cnnsearch <command> ...`` to the command's Hydra application."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        commands = "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items())
+        print(USAGE.format(commands=commands))
+        return 0
+    if argv[0] == "--version":
+        print(f"cnnsearch {version('cnnsearch')}")
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        return _fail(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us raw; we print them in one line
+    sys.argv = [f"cnnsearch-{command}", *argv[1:]]
+    try:
+        _hydra_app(command)()
+    except Exception as error:  # noqa: BLE001 - sorted into user errors and bugs below
+        message = _user_message(error)
+        if message is None:
+            raise
+        return _fail(message)
+    return 0
+
+
+def _hydra_app(command: str):
+    """The Hydra application for a command (imported late: --help stays fast)."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from search.config import register_configs
+
+    register_configs()
+
+    from search.errors import UserError
+
+    @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        _configure_logging()
+        try:
+            if command == "sweep":
+                from search.commands import sweep_command
+
+                sweep_command(cfg)
+        except UserError as error:  # exit here, before Hydra adds its own lines
+            raise SystemExit(_fail(str(error))) from None
+
+    return app
+
+
+def _configure_logging() -> None:
+    from rich.logging import RichHandler
+
+    from search.commands import console
+
+    handler = (RichHandler(console=console, show_path=False) if console.is_terminal
+               else logging.StreamHandler(sys.stderr))
+    if not console.is_terminal:
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s",
+                                               "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _user_message(error: Exception) -> str | None:
+    """One line for an error the user can fix, None for a bug."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from search.errors import UserError
+
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, HydraException | OmegaConfBaseException):
+        parts = []
+        for exc in (error, error.__cause__):
+            if exc is None:
+                continue
+            text = str(exc).split("\nConfig search path")[0]
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            lines = [line for line in lines if not line.startswith(
+                ("full_key:", "reference_type", "object_type", "To append"))]
+            parts.append(" ".join(lines))
+        return "config error: " + " | ".join(parts) + _allowed_keys(error.__cause__)
+    return None
+
+
+def _allowed_keys(error: BaseException | None) -> str:
+    """'; allowed keys: ...' for an unknown-key error, else ''."""
+    import dataclasses
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from search.space import KEYS
+
+    if not isinstance(error, ConfigAttributeError | ConfigKeyError):
+        return ""
+    if dataclasses.is_dataclass(error.object_type):
+        keys = [f.name for f in dataclasses.fields(error.object_type)]
+    elif (error.full_key or "").startswith("search_space."):
+        keys = [*KEYS, "max_params"]
+    else:
+        return ""
+    return f"; allowed keys: {', '.join(keys)}"
+
+
+def _fail(message: str) -> int:
+    print(f"cnnsearch: error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""What a sweep tells the outside world (progress display, MLflow) as it runs.
+
+An observer is any object with some of the methods of :class:`SweepObserver`;
+:class:`Observers` fans each event out to all of them. Observers receive plain
+values, so ``tracking`` needs nothing from keras-tuner or from search internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """Known when a sweep starts."""
+
+    name: str
+    directory: str
+    config: dict
+    space_hash: str
+    max_trials: int | None
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial ended."""
+
+    trial_id: str
+    status: str                   # completed | failed
+    reason: str | None
+    score: float | None
+    epochs_run: int
+    train_seconds: float
+    images_per_second: float
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced."""
+
+    name: str
+    directory: str
+    best_trial_id: str | None = None
+    best_values: dict = field(default_factory=dict)
+    architecture: str = ""
+    params: int = 0
+    flops: int = 0
+    best_val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    n_completed: int = 0
+    n_failed: int = 0
+    n_skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped_reason: str | None = None
+
+
+class SweepObserver:
+    """No-op base: override the events you care about."""
+
+    def sweep_started(self, info: SweepInfo) -> None: ...
+    def trial_started(self, trial_id: str, values: dict, candidate: Any) -> None: ...
+    def epoch_ended(self, trial_id: str, epoch: int, logs: dict) -> None: ...
+    def trial_ended(self, outcome: TrialOutcome) -> None: ...
+    def candidate_skipped(self, reason: str, values: dict) -> None: ...
+    def sweep_ended(self, result: SweepResult, model: Any) -> None: ...
+    def sweep_failed(self, error: BaseException) -> None: ...
+
+
+class Observers(SweepObserver):
+    """Sends every event to each observer in order."""
+
+    def __init__(self, observers: list) -> None:
+        self.observers = list(observers)
+
+    def _send(self, event: str, *args) -> None:
+        for observer in self.observers:
+            handler = getattr(observer, event, None)
+            if handler is not None:
+                handler(*args)
+
+    def sweep_started(self, info):
+        self._send("sweep_started", info)
+
+    def trial_started(self, trial_id, values, candidate):
+        self._send("trial_started", trial_id, values, candidate)
+
+    def epoch_ended(self, trial_id, epoch, logs):
+        self._send("epoch_ended", trial_id, epoch, logs)
+
+    def trial_ended(self, outcome):
+        self._send("trial_ended", outcome)
+
+    def candidate_skipped(self, reason, values):
+        self._send("candidate_skipped", reason, values)
+
+    def sweep_ended(self, result, model):
+        self._send("sweep_ended", result, model)
+
+    def sweep_failed(self, error):
+        self._send("sweep_failed", error)

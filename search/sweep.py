@@ -1,0 +1,226 @@
+"""One sweep end to end: data, search, final fit, one evaluation on the test split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from search.data import Dataset, DataSpec, load_dataset
+from search.errors import UserError
+from search.events import Observers, SweepInfo, SweepResult
+from search.hypermodel import CNNHyperModel, TrainingSpec
+from search.space import SearchSpace
+from search.tuners import SweepTuner, TunerSpec, make_tuner
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "sweep.json"
+BEST_MODEL_FILE = "best_model.keras"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything a sweep needs, as plain values (built by the CLI from the config)."""
+
+    data: DataSpec
+    search_space: dict
+    tuner: TunerSpec = field(default_factory=TunerSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    root: str = "outputs"
+    name: str | None = None
+    resume: bool = True
+    seed: int = 0
+    final_fit: bool = True
+    final_fit_epochs: int | None = None
+    config: dict = field(default_factory=dict)   # the composed config, for the records
+
+    @property
+    def space_hash(self) -> str:
+        """Hash of the search space and the data config: what a resume must not change."""
+        blob = json.dumps({"space": self.search_space, "data": asdict(self.data)},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def sweep_name(self) -> str:
+        return self.name or (f"{self.data.name}-{self.tuner.name}-seed{self.seed}-"
+                             f"{self.space_hash[:8]}")
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.root).resolve() / "sweeps" / self.sweep_name
+
+
+def validate(spec: SweepSpec) -> SearchSpace:
+    """Check every user-given value before any data is loaded or model trained.
+
+    Returns:
+        The validated search space.
+
+    Raises:
+        UserError: naming the first bad key.
+    """
+    space = SearchSpace.from_config(spec.search_space)
+    spec.tuner.validate()
+    training = spec.training
+    if training.epochs < 1:
+        raise UserError(f"training.epochs must be >= 1, got {training.epochs}")
+    if training.batch_size < 1:
+        raise UserError(f"training.batch_size must be >= 1, got {training.batch_size}")
+    patience = training.early_stopping_patience
+    if patience is not None and patience < 1:
+        raise UserError(f"training.early_stopping_patience must be >= 1 or null, got {patience}")
+    if training.jit_compile not in (True, False, "auto"):
+        raise UserError(f"training.jit_compile must be true, false or auto, "
+                        f"got {training.jit_compile!r}")
+    if spec.final_fit_epochs is not None and spec.final_fit_epochs < 1:
+        raise UserError(f"final_fit.epochs must be >= 1 or null, got {spec.final_fit_epochs}")
+    if spec.tuner.name == "grid":
+        for dim in space.dims.values():
+            if dim.is_range and dim.step is None and not isinstance(dim.min, int):
+                raise UserError(f"tuner=grid needs a finite space: give search_space."
+                                f"{dim.name} a step or a list")
+    return space
+
+
+def run_sweep(spec: SweepSpec, observers: list | None = None) -> tuple[SweepResult, keras.Model]:
+    """Search, re-train the winner, evaluate it once on the test split.
+
+    Args:
+        spec: the sweep's configuration.
+        observers: receivers of sweep, trial and epoch events (progress, MLflow).
+
+    Returns:
+        The result summary and the final model.
+
+    Raises:
+        UserError: bad configuration, a changed space on resume, no feasible
+            candidate, or a search stopped by consecutive failures.
+    """
+    space = validate(spec)
+    events = Observers(observers or [])
+    data = load_dataset(spec.data, spec.seed)
+    directory = _prepare_directory(spec)
+    keras.utils.set_random_seed(spec.seed)
+    policy = keras.config.dtype_policy()
+    if spec.training.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    started = time.perf_counter()
+    try:
+        hypermodel = CNNHyperModel(space, data.input_shape, data.num_classes, spec.training)
+        tuner = make_tuner(spec.tuner, hypermodel, events, directory=str(directory),
+                           project_name="tuner", overwrite=not spec.resume, seed=spec.seed)
+        events.sweep_started(SweepInfo(
+            name=spec.sweep_name, directory=str(directory), config=spec.config,
+            space_hash=spec.space_hash,
+            max_trials=None if spec.tuner.name == "hyperband" else spec.tuner.max_trials,
+            resumed=bool(tuner.oracle.trials)))
+        result = SweepResult(name=spec.sweep_name, directory=str(directory))
+        result.stopped_reason = _search(tuner, data, spec.training)
+        _count(tuner, result)
+        model = _final_model(tuner, data, spec, result)
+        result.seconds = time.perf_counter() - started
+        model.save(directory / BEST_MODEL_FILE)
+        (directory / "result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+        events.sweep_ended(result, model)
+        return result, model
+    except BaseException as error:
+        events.sweep_failed(error)
+        raise
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _prepare_directory(spec: SweepSpec) -> Path:
+    """Create (or check, on resume) the sweep's folder and its recorded space hash."""
+    directory = spec.directory
+    state = directory / STATE_FILE
+    if state.exists() and spec.resume:
+        recorded = json.loads(state.read_text()).get("space_hash")
+        if recorded != spec.space_hash:
+            raise UserError(
+                f"sweep {spec.sweep_name!r} in {directory} was started with a different "
+                "search space or data set; use sweep.resume=false to start it afresh or "
+                "sweep.name=<new name> for a new sweep")
+    elif directory.exists() and not spec.resume:
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"name": spec.sweep_name, "space_hash": spec.space_hash,
+                                 "config": spec.config}, indent=2, default=str))
+    return directory
+
+
+def _search(tuner: SweepTuner, data: Dataset, training: TrainingSpec) -> str | None:
+    """Run the search; returns why it stopped early, or None."""
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if training.early_stopping_patience:
+        objective = tuner.oracle.objective
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=objective.name, mode=objective.direction,
+            patience=training.early_stopping_patience))
+    try:
+        tuner.search(x=data.x_train, y=data.y_train,
+                     validation_data=(data.x_val, data.y_val),
+                     epochs=training.epochs, batch_size=training.batch_size,
+                     callbacks=callbacks, verbose=0)
+    except RuntimeError as error:  # keras-tuner: too many consecutive failed trials
+        if "consecutive failures" not in str(error):
+            raise
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        return f"{lines[0]} Last reason: {lines[-1].strip()}"
+    return None
+
+
+def _count(tuner: SweepTuner, result: SweepResult) -> None:
+    trials = tuner.oracle.trials.values()
+    result.n_completed = sum(t.status == "COMPLETED" for t in trials)
+    result.n_failed = sum(t.status == "FAILED" for t in trials)
+    result.skip_reasons = dict(tuner.oracle.skipped.most_common())
+    result.n_skipped = sum(result.skip_reasons.values())
+
+
+def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
+                 result: SweepResult) -> keras.Model:
+    """Re-train the best candidate on train + validation, then evaluate it on test."""
+    if result.n_completed == 0:
+        if result.stopped_reason:
+            raise UserError(f"the search stopped: {result.stopped_reason}")
+        example = next(iter(result.skip_reasons), "no candidate could be drawn")
+        raise UserError(f"search_space has no feasible candidate for input "
+                        f"{'x'.join(map(str, data.input_shape))} (e.g. {example})")
+    best = tuner.oracle.get_best_trials(1)[0]
+    hp = best.hyperparameters
+    candidate = tuner.hypermodel.candidate(hp.copy())
+    result.best_trial_id = best.trial_id
+    result.best_values = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+    result.architecture = candidate.architecture.summary()
+    result.params = candidate.architecture.params
+    result.flops = candidate.architecture.flops
+    result.best_val_accuracy = _best_metric(best, "val_accuracy")
+    if spec.final_fit:
+        epochs = spec.final_fit_epochs or (int(best.best_step) + 1)
+        log.info("final fit: trial %s on train + validation for %d epochs", best.trial_id, epochs)
+        model = tuner.hypermodel.build(hp)
+        model.fit(np.concatenate([data.x_train, data.x_val]),
+                  np.concatenate([data.y_train, data.y_val]),
+                  epochs=epochs, batch_size=spec.training.batch_size, verbose=0)
+    else:
+        model = tuner.get_best_models(1)[0]
+    result.test_loss, result.test_accuracy = (float(v) for v in model.evaluate(
+        data.x_test, data.y_test, batch_size=spec.training.batch_size, verbose=0))
+    return model
+
+
+def _best_metric(trial, name: str) -> float | None:
+    if not trial.metrics.exists(name):
+        return None
+    return float(trial.metrics.get_best_value(name))
+

@@ -1,0 +1,296 @@
+"""The configured keras-tuner tuner, with a feasibility filter and our trial lifecycle.
+
+* Oracles draw candidates as usual, but an infeasible or over-budget candidate is
+  counted and replaced by another draw: it never becomes a trial, so it neither
+  uses up ``max_trials`` nor counts as a failure.
+* The tuner turns a NaN loss into a failed trial, releases memory after every
+  trial and reports each trial and epoch to the sweep's observers.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import keras
+import keras_tuner as kt
+
+from search.errors import UserError
+from search.events import Observers, TrialOutcome
+from search.hypermodel import CNNHyperModel
+
+TrialStatus = kt.engine.trial.TrialStatus
+
+log = logging.getLogger(__name__)
+
+TUNERS = ("random", "bayesian", "hyperband", "grid")
+OBJECTIVES = {"val_accuracy": "max", "accuracy": "max", "val_loss": "min", "loss": "min"}
+MAX_DRAWS = 1000  # draws per trial before the space is deemed exhausted
+
+
+@dataclass(frozen=True)
+class TunerSpec:
+    """Which tuner and its knobs (plain values taken from the ``tuner`` config)."""
+
+    name: str = "random"
+    objective: str = "val_accuracy"
+    direction: str | None = None
+    max_trials: int = 10
+    executions_per_trial: int = 1
+    max_retries_per_trial: int = 0
+    max_consecutive_failed_trials: int = 3
+    max_epochs: int = 10
+    factor: int = 3
+    hyperband_iterations: int = 1
+    num_initial_points: int | None = None
+    alpha: float = 1e-4
+    beta: float = 2.6
+
+    def validate(self) -> None:
+        """Raises UserError on an unknown tuner, objective or a non-positive budget."""
+        if self.name not in TUNERS:
+            raise UserError(f"tuner.name {self.name!r} is unknown; choose from {', '.join(TUNERS)}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"tuner.objective {self.objective!r} is not a logged metric; "
+                            f"choose from {', '.join(OBJECTIVES)}")
+        if self.direction not in (None, "min", "max"):
+            raise UserError(f"tuner.direction must be min, max or null, got {self.direction!r}")
+        for key in ("max_trials", "executions_per_trial", "max_consecutive_failed_trials",
+                    "max_epochs", "factor", "hyperband_iterations"):
+            if getattr(self, key) < 1:
+                raise UserError(f"tuner.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_retries_per_trial < 0:
+            raise UserError("tuner.max_retries_per_trial must be >= 0")
+
+    @property
+    def kt_objective(self) -> kt.Objective:
+        return kt.Objective(self.objective, self.direction or OBJECTIVES[self.objective])
+
+
+# -- oracles ---------------------------------------------------------------------
+
+
+class _FeasibleDraws:
+    """Oracle mixin: infeasible draws are counted, remembered and drawn again."""
+
+    skip_check: Callable[[dict], str | None]
+    on_skip: Callable[[str, dict], None]
+
+    def _init_skips(self, skip_check, on_skip) -> None:
+        self.skip_check, self.on_skip = skip_check, on_skip
+        self.skipped: Counter[str] = Counter()
+
+    def _accept(self, values: dict) -> bool:
+        reason = self.skip_check(values)
+        if reason is None:
+            return True
+        self.skipped[reason] += 1
+        self._tried_so_far.add(self._compute_values_hash(values))
+        self.on_skip(reason, values)
+        return False
+
+    def _random_values(self):  # keras-tuner's hook for every random draw
+        for _ in range(MAX_DRAWS):
+            values = super()._random_values()
+            if values is None or self._accept(values):
+                return values
+        return None
+
+    def get_state(self):
+        return {**super().get_state(), "skipped": dict(self.skipped)}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.skipped = Counter(state.get("skipped", {}))
+
+
+class RandomOracle(_FeasibleDraws, kt.oracles.RandomSearchOracle):
+    """Random search over feasible candidates."""
+
+
+class HyperbandOracle(_FeasibleDraws, kt.oracles.HyperbandOracle):
+    """Hyperband; new brackets start from feasible random candidates."""
+
+
+class BayesianOracle(_FeasibleDraws, kt.oracles.BayesianOptimizationOracle):
+    """Gaussian-process search; an infeasible proposal is replaced by a feasible random one."""
+
+    def populate_space(self, trial_id):
+        response = super().populate_space(trial_id)
+        if response["status"] != TrialStatus.RUNNING or self._accept(response["values"]):
+            return response
+        values = self._random_values()
+        if values is None:
+            return {"status": TrialStatus.STOPPED, "values": None}
+        return {"status": TrialStatus.RUNNING, "values": values}
+
+
+class GridOracle(_FeasibleDraws, kt.Oracle):
+    """Every combination of the space in a fixed order, infeasible ones skipped."""
+
+    def populate_space(self, trial_id):
+        for values in _grid(self.get_space()):
+            if not self._duplicate(values) and self._accept(values):
+                return {"status": TrialStatus.RUNNING, "values": values}
+        return {"status": TrialStatus.STOPPED, "values": None}
+
+
+def _grid(space: kt.HyperParameters) -> Iterator[dict]:
+    """All distinct active-value combinations, conditions respected (depth first)."""
+
+    def walk(index: int, hps: kt.HyperParameters) -> Iterator[dict]:
+        if index == len(space.space):
+            yield dict(hps.values)
+            return
+        hp = space.space[index]
+        hps.merge([hp])
+        if not hps.is_active(hp):
+            yield from walk(index + 1, hps)
+            return
+        for value in hp.values:
+            hps.values[hp.name] = value
+            yield from walk(index + 1, hps)
+        del hps.values[hp.name]
+
+    seen = set()
+    for values in walk(0, kt.HyperParameters()):
+        key = tuple(sorted(values.items()))
+        if key not in seen:
+            seen.add(key)
+            yield values
+
+
+# -- tuners ----------------------------------------------------------------------
+
+
+class _EpochReporter(keras.callbacks.Callback):
+    """Forwards each epoch's logs to the observers; shared, not copied, per trial."""
+
+    def __init__(self, observers: Observers, trial_id: str) -> None:
+        super().__init__()
+        self.observers, self.trial_id = observers, trial_id
+        self.epochs = 0
+
+    def __deepcopy__(self, memo):  # keras-tuner deep-copies callbacks
+        return self
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+        self.observers.epoch_ended(self.trial_id, epoch, dict(logs or {}))
+
+
+class SweepTuner(kt.Tuner):
+    """``kt.Tuner`` with NaN-as-failure, memory release and observer events."""
+
+    def __init__(self, oracle, hypermodel: CNNHyperModel, observers: Observers,
+                 **kwargs) -> None:
+        self.observers = observers
+        self._started: dict[str, float] = {}
+        self._reporters: dict[str, _EpochReporter] = {}
+        self._train_images = 0
+        kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+    def _activate_all_conditions(self):
+        # declare_hyperparameters already registered every conditional
+        # hyperparameter; keras-tuner would otherwise build a model per condition.
+        pass
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        self._started[trial.trial_id] = time.perf_counter()
+        values = dict(trial.hyperparameters.values)
+        candidate = self.hypermodel.candidate_from_values(_search_values(values))
+        self.observers.trial_started(trial.trial_id, values, candidate)
+
+    def run_trial(self, trial, *args, **kwargs):
+        self._train_images = len(kwargs.get("x", args[0] if args else ()))
+        reporter = _EpochReporter(self.observers, trial.trial_id)
+        self._reporters[trial.trial_id] = reporter
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), reporter]
+        try:
+            histories = super().run_trial(trial, *args, **kwargs)
+            for history in histories if isinstance(histories, list) else [histories]:
+                losses = getattr(history, "history", {}).get("loss", [])
+                bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+                if bad:
+                    raise kt.errors.FailedTrialError(f"loss became NaN at epoch {bad[0]}")
+            return histories
+        finally:
+            keras.backend.clear_session()
+            gc.collect()
+
+    def on_trial_end(self, trial):
+        try:
+            super().on_trial_end(trial)
+        finally:
+            self.observers.trial_ended(self._outcome(trial))
+
+    def _outcome(self, trial) -> TrialOutcome:
+        seconds = time.perf_counter() - self._started.pop(trial.trial_id, time.perf_counter())
+        reporter = self._reporters.pop(trial.trial_id, None)
+        epochs = reporter.epochs if reporter else 0
+        completed = trial.status == TrialStatus.COMPLETED
+        reason = None if completed else _last_line(trial.message)
+        return TrialOutcome(
+            trial_id=trial.trial_id,
+            status="completed" if completed else "failed",
+            reason=reason,
+            score=trial.score if completed else None,
+            epochs_run=epochs,
+            train_seconds=seconds,
+            images_per_second=self._train_images * epochs / seconds if seconds else 0.0,
+        )
+
+
+class SweepHyperband(SweepTuner, kt.tuners.Hyperband):
+    """Hyperband's epoch schedule and weight hand-over, with our trial lifecycle."""
+
+
+def make_tuner(spec: TunerSpec, hypermodel: CNNHyperModel, observers: Observers,
+               directory: str, project_name: str, overwrite: bool, seed: int) -> SweepTuner:
+    """Create the configured tuner over ``hypermodel``'s space.
+
+    Args:
+        spec: tuner name and knobs.
+        hypermodel: the CNN hypermodel (its space decides feasibility).
+        observers: receivers of trial, epoch and skip events.
+        directory: keras-tuner's working directory (under the sweep folder).
+        project_name: keras-tuner's project name.
+        overwrite: start afresh instead of resuming an existing project.
+        seed: random seed of the oracle.
+    """
+    spec.validate()
+    common = dict(objective=spec.kt_objective, seed=seed,
+                  max_retries_per_trial=spec.max_retries_per_trial,
+                  max_consecutive_failed_trials=spec.max_consecutive_failed_trials)
+    if spec.name == "hyperband":
+        oracle = HyperbandOracle(max_epochs=spec.max_epochs, factor=spec.factor,
+                                 hyperband_iterations=spec.hyperband_iterations, **common)
+    elif spec.name == "bayesian":
+        oracle = BayesianOracle(max_trials=spec.max_trials,
+                                num_initial_points=spec.num_initial_points,
+                                alpha=spec.alpha, beta=spec.beta, **common)
+    elif spec.name == "grid":
+        oracle = GridOracle(max_trials=spec.max_trials, **common)
+    else:
+        oracle = RandomOracle(max_trials=spec.max_trials, **common)
+    oracle._init_skips(hypermodel.skip_reason, observers.candidate_skipped)
+    tuner_class = SweepHyperband if spec.name == "hyperband" else SweepTuner
+    return tuner_class(oracle, hypermodel, observers, directory=directory,
+                       project_name=project_name, overwrite=overwrite,
+                       executions_per_trial=spec.executions_per_trial)
+
+
+def _search_values(values: dict) -> dict:
+    """Drop keras-tuner's own bookkeeping values (``tuner/epochs`` ...)."""
+    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
+
+
+def _last_line(message: str | None) -> str:
+    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
