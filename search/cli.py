@@ -17,6 +17,8 @@ from pathlib import Path
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 COMMANDS = {
     "sweep": "search CNN architectures with keras-tuner (the main job)",
+    "results": "leaderboard of the latest sweep (or results.sweep=<run id>), CSV too",
+    "ui": "MLflow UI over the same store (ui.host, ui.port)",
 }
 USAGE = """usage: cnnsearch <command> [hydra overrides] [hydra flags]
 
@@ -31,6 +33,8 @@ examples:
   cnnsearch sweep -m tuner=random,hyperband seed=0,1
   cnnsearch sweep --cfg job                         print the composed config, run nothing
   cnnsearch sweep --help                            every config group and key
+  cnnsearch results results.top=10 results.csv=leaderboard.csv
+  cnnsearch ui                                      http://127.0.0.1:5000
 
 options:
   -h, --help     show this message
@@ -73,17 +77,16 @@ def _hydra_app(command: str):
 
     register_configs()
 
-    from search.errors import UserError
-
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
         _configure_logging()
-        try:
-            if command == "sweep":
-                from search.commands import sweep_command
+        from search import commands
+        from search.errors import UserError
+        from tracking.store import TrackingError
 
-                sweep_command(cfg)
-        except UserError as error:  # exit here, before Hydra adds its own lines
+        try:
+            getattr(commands, f"{command}_command")(cfg)
+        except (UserError, TrackingError) as error:  # exit before Hydra adds its own lines
             raise SystemExit(_fail(str(error))) from None
 
     return app

@@ -5,6 +5,14 @@ This is the edge where the DictConfig stops; everything below takes plain values
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -16,8 +24,11 @@ from search.hypermodel import TrainingSpec
 from search.progress import ProgressDisplay
 from search.sweep import SweepSpec, run_sweep
 from search.tuners import TunerSpec
+from tracking.store import TrackingSpec
 
 console = Console(stderr=True)
+report = Console(width=None if Console().is_terminal else 200)   # tables on stdout
+log = logging.getLogger("cnnsearch")
 
 
 def sweep_spec(cfg: DictConfig) -> SweepSpec:
@@ -48,12 +59,128 @@ def sweep_spec(cfg: DictConfig) -> SweepSpec:
     )
 
 
+def tracking_spec(cfg: DictConfig) -> TrackingSpec:
+    """The ``tracking`` group as plain values."""
+    plain = OmegaConf.to_container(cfg.tracking, resolve=True)
+    if plain["mode"] == "server" and OmegaConf.is_missing(cfg.tracking, "uri"):
+        raise UserError("tracking=server needs tracking.uri=http://host:port")
+    return TrackingSpec(**plain, root=cfg.paths.root)
+
+
 def sweep_command(cfg: DictConfig) -> SweepResult:
     """``cnnsearch sweep``: run one sweep and print its summary table."""
     spec = sweep_spec(cfg)
-    result, _ = run_sweep(spec, [ProgressDisplay(console)])
-    Console().print(summary_table(result))
+    observers: list = [ProgressDisplay(console)]
+    tracking = tracking_spec(cfg)
+    if tracking.enabled:
+        from tracking.runs import MlflowRecorder
+
+        observers.append(MlflowRecorder(tracking))
+    with _sigterm_as_interrupt():
+        result, _ = run_sweep(spec, observers)
+    report.print(summary_table(result))
     return result
+
+
+def results_command(cfg: DictConfig) -> pd.DataFrame:
+    """``cnnsearch results``: the leaderboard of a sweep, printed and optionally as CSV."""
+    from tracking.results import latest_sweep, leaderboard
+    from tracking.store import experiment_id, open_store, reconcile_stale_runs
+
+    tracking = tracking_spec(cfg)
+    if not tracking.enabled:
+        raise UserError("cnnsearch results reads MLflow; it cannot work with tracking=none")
+    name = cfg.results.experiment or tracking.experiment
+    client = open_store(TrackingSpec(**{**tracking.__dict__, "experiment": name}))
+    exp_id = experiment_id(client, TrackingSpec(**{**tracking.__dict__, "experiment": name}),
+                           create=False)
+    if exp_id is None:
+        raise UserError(f"no sweep yet: MLflow experiment {name!r} does not exist in "
+                        f"{tracking.tracking_uri}")
+    reconcile_stale_runs(client, [exp_id])
+    if cfg.results.sweep == "latest":
+        parent = latest_sweep(client, [exp_id])
+        if parent is None:
+            raise UserError(f"no sweep yet in experiment {name!r}; run `cnnsearch sweep` first")
+    else:
+        try:
+            parent = client.get_run(cfg.results.sweep)
+        except Exception:  # noqa: BLE001 - MLflow raises its own error type per store
+            raise UserError(f"results.sweep={cfg.results.sweep} is not a run in "
+                            f"{tracking.tracking_uri}") from None
+    table = leaderboard(client, parent.info.run_id)
+    report.print(leaderboard_table(table.head(cfg.results.top), parent.info.run_name))
+    if cfg.results.csv:
+        table.to_csv(cfg.results.csv, index=False)
+        log.info("wrote %d rows to %s", len(table), cfg.results.csv)
+    return table
+
+
+def ui_command(cfg: DictConfig) -> int:
+    """``cnnsearch ui``: the MLflow UI over the configured store, until Ctrl-C."""
+    tracking = tracking_spec(cfg)
+    if tracking.mode != "local":
+        raise UserError(f"cnnsearch ui serves the local store; with tracking={tracking.mode} "
+                        "open the server's own UI")
+    tracking.store_dir.mkdir(parents=True, exist_ok=True)
+    host, port = cfg.ui.host, cfg.ui.port
+    if not _is_loopback(host):
+        log.warning("ui.host=%s: the MLflow UI is reachable from other machines", host)
+    console.print(f"MLflow UI on http://{host}:{port}  (store {tracking.tracking_uri})")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+               tracking.tracking_uri, "--host", host, "--port", str(port)]
+    with subprocess.Popen(command) as server:
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            server.terminate()
+            return 0
+
+
+def leaderboard_table(table: pd.DataFrame, title: str) -> Table:
+    """A rich table of leaderboard rows."""
+    out = Table(title=f"sweep {title}")
+    columns = ["rank", "trial", "status", "val_accuracy", "params", "flops",
+               "train_seconds", "pareto", "architecture"]
+    for column in columns:
+        out.add_column(column.replace("_", " "), overflow="fold")
+    for _, row in table.iterrows():
+        out.add_row(*(_cell(row[c]) for c in columns))
+    return out
+
+
+def _cell(value) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "*" if value else ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C, so open runs are closed as KILLED."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summary_table(result: SweepResult) -> Table:

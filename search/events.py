@@ -34,6 +34,7 @@ class TrialOutcome:
     status: str                   # completed | failed
     reason: str | None
     score: float | None
+    best_val_accuracy: float | None
     epochs_run: int
     train_seconds: float
     images_per_second: float

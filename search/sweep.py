@@ -18,7 +18,7 @@ from search.errors import UserError
 from search.events import Observers, SweepInfo, SweepResult
 from search.hypermodel import CNNHyperModel, TrainingSpec
 from search.space import SearchSpace
-from search.tuners import SweepTuner, TunerSpec, make_tuner
+from search.tuners import SweepTuner, TunerSpec, best_metric, make_tuner
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
     result.architecture = candidate.architecture.summary()
     result.params = candidate.architecture.params
     result.flops = candidate.architecture.flops
-    result.best_val_accuracy = _best_metric(best, "val_accuracy")
+    result.best_val_accuracy = best_metric(best, "val_accuracy")
     if spec.final_fit:
         epochs = spec.final_fit_epochs or (int(best.best_step) + 1)
         log.info("final fit: trial %s on train + validation for %d epochs", best.trial_id, epochs)
@@ -217,10 +217,4 @@ def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
     result.test_loss, result.test_accuracy = (float(v) for v in model.evaluate(
         data.x_test, data.y_test, batch_size=spec.training.batch_size, verbose=0))
     return model
-
-
-def _best_metric(trial, name: str) -> float | None:
-    if not trial.metrics.exists(name):
-        return None
-    return float(trial.metrics.get_best_value(name))
 

@@ -241,6 +241,7 @@ class SweepTuner(kt.Tuner):
             status="completed" if completed else "failed",
             reason=reason,
             score=trial.score if completed else None,
+            best_val_accuracy=best_metric(trial, "val_accuracy") if completed else None,
             epochs_run=epochs,
             train_seconds=seconds,
             images_per_second=self._train_images * epochs / seconds if seconds else 0.0,
@@ -284,6 +285,13 @@ def make_tuner(spec: TunerSpec, hypermodel: CNNHyperModel, observers: Observers,
     return tuner_class(oracle, hypermodel, observers, directory=directory,
                        project_name=project_name, overwrite=overwrite,
                        executions_per_trial=spec.executions_per_trial)
+
+
+def best_metric(trial, metric: str) -> float | None:
+    """Best value of a metric over a trial's epochs (None if never logged)."""
+    if not trial.metrics.exists(metric):
+        return None
+    return float(trial.metrics.get_best_value(metric))
 
 
 def _search_values(values: dict) -> dict:

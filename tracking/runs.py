@@ -1,0 +1,282 @@
+"""MLflow records of a sweep: one parent run per sweep, one nested child run per trial.
+
+:class:`MlflowRecorder` is a sweep observer (see ``search.events``): it receives plain
+values as the sweep runs and never leaves a run in a lie. Every run it opens is closed
+FINISHED, FAILED (with the reason) or KILLED (Ctrl-C, SIGTERM), and runs left RUNNING
+by a killed process are marked KILLED at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner
+import mlflow
+import numpy as np
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from tracking.results import leaderboard, log_plots
+from tracking.store import (
+    TAG_ROLE,
+    TrackingSpec,
+    experiment_id,
+    open_store,
+    process_tags,
+    reconcile_stale_runs,
+)
+
+log = logging.getLogger(__name__)
+
+TAG_SWEEP = "cnnsearch.sweep"
+TAG_HASH = "cnnsearch.space_hash"
+TAG_TRIAL = "cnnsearch.trial_id"
+TAG_STATUS = "cnnsearch.status"
+TAG_REASON = "cnnsearch.reason"
+TAG_ARCH = "cnnsearch.architecture"
+MAX_PARAM_LENGTH = 6000
+
+
+class MlflowRecorder:
+    """Records a sweep in MLflow as it runs.
+
+    Args:
+        spec: where and under which names to record.
+    """
+
+    def __init__(self, spec: TrackingSpec) -> None:
+        self.spec = spec
+        self.client: MlflowClient = open_store(spec)
+        self.experiment_id = experiment_id(self.client, spec)
+        self.parent_id: str | None = None
+        self.children: dict[str, str] = {}   # trial id -> open child run id
+        self.candidates: dict[str, Any] = {}
+        self.skipped = 0
+
+    # -- sweep -----------------------------------------------------------------
+
+    def sweep_started(self, info) -> None:
+        reconcile_stale_runs(self.client, [self.experiment_id])
+        previous = self._find_parent(info.name, info.space_hash) if info.resumed else None
+        tags = {TAG_ROLE: "sweep", TAG_SWEEP: info.name, TAG_HASH: info.space_hash,
+                **process_tags(), **_environment_tags()}
+        if previous is not None:
+            self.parent_id = previous.info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            self.client.log_batch(self.parent_id, tags=_tags(process_tags()))
+            log.info("MLflow: continuing parent run %s", self.parent_id)
+            return
+        run = self.client.create_run(self.experiment_id, run_name=info.name, tags=tags)
+        self.parent_id = run.info.run_id
+        params = {**_flatten(info.config), "space_hash": info.space_hash}
+        for start in range(0, len(params), 100):   # MLflow takes 100 params per batch
+            chunk = dict(list(params.items())[start:start + 100])
+            self.client.log_batch(self.parent_id, params=[
+                Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in chunk.items()])
+        self.client.log_text(self.parent_id, yaml.safe_dump(info.config, sort_keys=False),
+                             "config.yaml")
+        self.client.log_text(self.parent_id,
+                             yaml.safe_dump(info.config.get("search_space", {}), sort_keys=False),
+                             "search_space.yaml")
+        log.info("MLflow: parent run %s in experiment %r (%s)", self.parent_id,
+                 self.spec.experiment, self.spec.tracking_uri)
+
+    def sweep_ended(self, result, model) -> None:
+        metrics = {
+            "best_val_accuracy": result.best_val_accuracy, "test_accuracy": result.test_accuracy,
+            "test_loss": result.test_loss, "n_trials": result.n_completed,
+            "n_failed": result.n_failed, "n_skipped": result.n_skipped,
+            "sweep_seconds": result.seconds, "best_params": result.params,
+            "best_flops": result.flops,
+        }
+        self._log_metrics(self.parent_id, metrics)
+        self.client.log_batch(self.parent_id, tags=_tags({
+            "cnnsearch.best_trial": result.best_trial_id or "",
+            TAG_ARCH: result.architecture}))
+        if result.skip_reasons:
+            self.client.log_dict(self.parent_id, result.skip_reasons, "skipped_candidates.json")
+        table = leaderboard(self.client, self.parent_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "leaderboard.csv"
+            table.to_csv(path, index=False)
+            self.client.log_artifact(self.parent_id, str(path))
+            log_plots(self.client, self.parent_id, table)
+        self._log_model(model, result)
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def sweep_failed(self, error: BaseException) -> None:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
+        for trial_id in list(self.children):
+            self._end_child(trial_id, status, f"sweep stopped: {type(error).__name__}")
+        if self.parent_id is not None:
+            self.client.set_tag(self.parent_id, TAG_REASON, _one_line(error))
+            self.client.set_terminated(self.parent_id, status)
+
+    # -- trials ----------------------------------------------------------------
+
+    def trial_started(self, trial_id: str, values: dict, candidate) -> None:
+        previous = self.children.pop(trial_id, None)
+        if previous:  # a retry of the same trial: close the earlier attempt
+            self.client.set_terminated(previous, "FAILED")
+        arch = candidate.architecture
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{trial_id}",
+            tags={"mlflow.parentRunId": self.parent_id, TAG_ROLE: "trial",
+                  TAG_TRIAL: trial_id, TAG_STATUS: "running", TAG_ARCH: arch.summary(),
+                  **process_tags()})
+        run_id = run.info.run_id
+        self.children[trial_id] = run_id
+        self.candidates[trial_id] = candidate
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
+        self.client.log_text(run_id, arch.to_json(), "architecture.json")
+        self.client.log_text(run_id, _layer_table(arch), "summary.txt")
+        self._log_metrics(run_id, {"params": arch.params, "flops": arch.flops})
+
+    def epoch_ended(self, trial_id: str, epoch: int, logs: dict) -> None:
+        run_id = self.children.get(trial_id)
+        if run_id is not None:
+            self._log_metrics(run_id, logs, step=epoch)
+
+    def trial_ended(self, outcome) -> None:
+        run_id = self.children.get(outcome.trial_id)
+        if run_id is None:
+            return
+        self._log_metrics(run_id, {
+            "train_seconds": outcome.train_seconds, "epochs_run": outcome.epochs_run,
+            "images_per_second": outcome.images_per_second, "score": outcome.score,
+            "best_val_accuracy": outcome.best_val_accuracy})
+        status = "FINISHED" if outcome.status == "completed" else "FAILED"
+        self._end_child(outcome.trial_id, status, outcome.reason)
+
+    def candidate_skipped(self, reason: str, values: dict) -> None:
+        self.skipped += 1
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _end_child(self, trial_id: str, status: str, reason: str | None) -> None:
+        run_id = self.children.pop(trial_id)
+        tags = {TAG_STATUS: {"FINISHED": "completed", "FAILED": "failed"}.get(status, "killed")}
+        if reason:
+            tags[TAG_REASON] = reason[:5000]
+        self.client.log_batch(run_id, tags=_tags(tags))
+        self.client.set_terminated(run_id, status)
+
+    def _log_metrics(self, run_id: str, values: dict, step: int = 0) -> None:
+        """All metrics of one moment in one call."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()
+                   if isinstance(v, int | float | np.floating | np.integer) and v is not None]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def _find_parent(self, name: str, space_hash: str):
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP}` = '{name}' "
+                           f"and tags.`{TAG_HASH}` = '{space_hash}'"),
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def _log_model(self, model: keras.Model, result) -> None:
+        """Log the final model on the parent run and register it.
+
+        Saved to a folder first and uploaded as artifacts: ``mlflow.keras.log_model``
+        with an input example fails on MLflow 3.17 (it writes the example before it
+        creates the model folder).
+        """
+        sample = np.zeros((1, *model.input_shape[1:]), dtype="float32")
+        signature = infer_signature(sample, np.asarray(model.predict(sample, verbose=0)))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model"
+            path.mkdir()
+            mlflow.keras.save_model(model, str(path), signature=signature, input_example=sample)
+            self.client.log_artifacts(self.parent_id, str(path), "model")
+        mlflow.set_tracking_uri(self.spec.tracking_uri)
+        version = mlflow.register_model(f"runs:/{self.parent_id}/model",
+                                        self.spec.registered_model).version
+        if result.test_accuracy is not None:
+            self.client.set_model_version_tag(self.spec.registered_model, str(version),
+                                              "test_accuracy", f"{result.test_accuracy:.4f}")
+        self.client.set_model_version_tag(self.spec.registered_model, str(version),
+                                          "architecture", result.architecture)
+        log.info("MLflow: registered model %s version %s", self.spec.registered_model, version)
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists and ranges ``{min, max}`` stay JSON."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and "min" not in value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | dict) else value
+    return flat
+
+
+def _tags(values: dict[str, str]) -> list[RunTag]:
+    return [RunTag(k, str(v)) for k, v in values.items()]
+
+
+def _environment_tags() -> dict[str, str]:
+    """Backend, versions, device and git commit, for reproducing a sweep later."""
+    devices = _devices()
+    tags = {
+        "cnnsearch.keras_backend": keras.backend.backend(),
+        "cnnsearch.keras_version": keras.__version__,
+        "cnnsearch.keras_tuner_version": keras_tuner.__version__,
+        "cnnsearch.python": platform.python_version(),
+        "cnnsearch.device": devices,
+    }
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tags["cnnsearch.tensorflow_version"] = tf.__version__
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _devices() -> str:
+    try:
+        gpus = [d for d in keras.distribution.list_devices() if "gpu" in d.lower()]
+    except (RuntimeError, ValueError):
+        gpus = []
+    return ", ".join(gpus) if gpus else f"CPU ({platform.processor() or platform.machine()})"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def _layer_table(arch) -> str:
+    lines = [arch.summary(), "", f"{'layer':<16}{'kind':<14}{'output':<18}{'params':>10}"
+             f"{'FLOPs':>14}"]
+    for layer in arch.layers():
+        shape = "x".join(map(str, layer.output_shape))
+        lines.append(f"{layer.name:<16}{layer.kind:<14}{shape:<18}{layer.params:>10,}"
+                     f"{layer.flops:>14,}")
+    lines.append(f"{'total':<48}{arch.params:>10,}{arch.flops:>14,}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:5000]
+
