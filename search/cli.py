@@ -18,6 +18,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 COMMANDS = {
     "sweep": "search CNN architectures with keras-tuner (the main job)",
     "results": "leaderboard of the latest sweep (or results.sweep=<run id>), CSV too",
+    "export": "the winner to .keras, SavedModel, ONNX or TFLite (export.format=...|all)",
     "ui": "MLflow UI over the same store (ui.host, ui.port)",
 }
 USAGE = """usage: cnnsearch <command> [hydra overrides] [hydra flags]
@@ -34,6 +35,7 @@ examples:
   cnnsearch sweep --cfg job                         print the composed config, run nothing
   cnnsearch sweep --help                            every config group and key
   cnnsearch results results.top=10 results.csv=leaderboard.csv
+  cnnsearch export export.format=all                every format, each checked
   cnnsearch ui                                      http://127.0.0.1:5000
 
 options:
@@ -105,7 +107,7 @@ def _configure_logging() -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.INFO)
-    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+    for noisy in ("absl", "tensorflow", "tf2onnx", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

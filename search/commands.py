@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -135,6 +136,75 @@ def ui_command(cfg: DictConfig) -> int:
         except KeyboardInterrupt:
             server.terminate()
             return 0
+
+
+def export_command(cfg: DictConfig) -> dict:
+    """``cnnsearch export``: the winner in the requested formats, each parity-checked."""
+    import json
+
+    import keras
+
+    from search.data import load_dataset
+    from search.export import ExportSource, ExportSpec, check_spec, export_winner, parse_formats
+
+    tracking = tracking_spec(cfg)
+    formats = parse_formats(cfg.export.format)
+    if tracking.enabled:
+        from tracking.store import experiment_id, open_store
+        from tracking.winner import find_winner, load_model, log_export
+
+        client = open_store(tracking)
+        winner = find_winner(client, experiment_id(client, tracking, create=False),
+                             cfg.export.run, cfg.export.model)
+        name, config, run_id = winner.sweep_name, winner.config, winner.run_id
+        source_uri, test_accuracy = winner.model_uri, winner.test_accuracy
+    else:
+        folder = _latest_sweep_folder(Path(cfg.paths.root))
+        result = json.loads((folder / "result.json").read_text())
+        name, config, run_id = folder.name, json.loads(
+            (folder / "sweep.json").read_text())["config"], None
+        source_uri, test_accuracy = str(folder / "best_model.keras"), result["test_accuracy"]
+    directory = Path(cfg.export.dir or Path(cfg.paths.root) / "exports" / name).resolve()
+    spec = ExportSpec(formats, directory, cfg.export.opset, cfg.export.quantize,
+                      cfg.export.overwrite)
+    check_spec(spec)
+    if tracking.enabled:
+        model = load_model(winner, tracking.tracking_uri)
+    else:
+        import models  # noqa: F401 - registers SumPooling2D
+
+        model = keras.saving.load_model(source_uri)
+    data_cfg = dict(config["data"])
+    if data_cfg.get("image_size") is not None:
+        data_cfg["image_size"] = tuple(data_cfg["image_size"])
+    data = load_dataset(DataSpec(**data_cfg), config["seed"])
+    source = ExportSource(model, data.x_test[:256], data.class_names, source_uri, run_id,
+                          test_accuracy)
+    manifest = export_winner(source, spec)
+    if tracking.enabled:
+        log_export(client, run_id, directory)
+    report.print(export_table(manifest, directory))
+    return manifest
+
+
+def export_table(manifest: dict, directory) -> Table:
+    """What was written, how big, and how well it matches the trained model."""
+    table = Table(title=f"export to {directory}")
+    for column in ("format", "file", "bytes", "max |diff|", "top-1 agreement", "seconds"):
+        table.add_column(column)
+    for fmt, record in manifest["files"].items():
+        table.add_row(fmt, record["path"], f"{record['bytes']:,}",
+                      f"{record['max_abs_diff']:.1e}", f"{record['top1_agreement']:.2%}",
+                      f"{record['export_seconds']:.1f}")
+    return table
+
+
+def _latest_sweep_folder(root) -> Path:
+    """With tracking=none, the most recently finished sweep folder under the root."""
+    finished = sorted((root / "sweeps").glob("*/result.json"), key=lambda p: p.stat().st_mtime)
+    if not finished:
+        raise UserError(f"no finished sweep under {root / 'sweeps'}; run `cnnsearch sweep` first")
+    return finished[-1].parent
 
 
 def leaderboard_table(table: pd.DataFrame, title: str) -> Table:

@@ -52,9 +52,9 @@ class TunerConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    early_stopping_patience: int | None = 3
+    epochs: int = 30
+    batch_size: int = 32
+    early_stopping_patience: int | None = 5
     mixed_precision: bool = False
     jit_compile: Any = False
 

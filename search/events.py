@@ -38,6 +38,7 @@ class TrialOutcome:
     epochs_run: int
     train_seconds: float
     images_per_second: float
+    rss_mb: float                 # resident memory of the process after the trial
 
 
 @dataclass

@@ -15,9 +15,9 @@ from search.space import Candidate, SearchSpace, candidate_from_values, skip_rea
 class TrainingSpec:
     """How every candidate trains."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    early_stopping_patience: int | None = 3
+    epochs: int = 30
+    batch_size: int = 32
+    early_stopping_patience: int | None = 5
     mixed_precision: bool = False
     jit_compile: bool | str = False
 

@@ -60,9 +60,10 @@ class ProgressDisplay(SweepObserver):
         if outcome.status == "failed":
             log.warning("trial %s failed: %s", outcome.trial_id, outcome.reason)
         elif not self.progress:
-            log.info("trial %s: score %.4f after %d epochs (%.1fs); best so far %.4f; "
-                     "elapsed %.0fs", outcome.trial_id, outcome.score, outcome.epochs_run,
-                     outcome.train_seconds, self.best, time.perf_counter() - self.started)
+            log.info("trial %s: score %.4f after %d epochs (%.1fs, RSS %.0f MB); best so far "
+                     "%.4f; elapsed %.0fs", outcome.trial_id, outcome.score, outcome.epochs_run,
+                     outcome.train_seconds, outcome.rss_mb, self.best,
+                     time.perf_counter() - self.started)
 
     def candidate_skipped(self, reason: str, values: dict) -> None:
         log.debug("skipped candidate: %s", reason)

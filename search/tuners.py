@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import keras
 import keras_tuner as kt
+import psutil
 
 from search.errors import UserError
 from search.events import Observers, TrialOutcome
@@ -245,6 +246,7 @@ class SweepTuner(kt.Tuner):
             epochs_run=epochs,
             train_seconds=seconds,
             images_per_second=self._train_images * epochs / seconds if seconds else 0.0,
+            rss_mb=psutil.Process().memory_info().rss / 2**20,
         )
 
 

@@ -154,7 +154,7 @@ class MlflowRecorder:
         self._log_metrics(run_id, {
             "train_seconds": outcome.train_seconds, "epochs_run": outcome.epochs_run,
             "images_per_second": outcome.images_per_second, "score": outcome.score,
-            "best_val_accuracy": outcome.best_val_accuracy})
+            "best_val_accuracy": outcome.best_val_accuracy, "rss_mb": outcome.rss_mb})
         status = "FINISHED" if outcome.status == "completed" else "FAILED"
         self._end_child(outcome.trial_id, status, outcome.reason)
 

@@ -1,0 +1,134 @@
+"""Fixtures shared by the search and CLI tests: tiny sweeps, event recorders, the console script."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+# Lines TensorFlow's C++ runtime writes to stderr before Python can silence it.
+TF_NOISE = ("I0000 ", "W0000 ", "E0000 ", "WARNING: All log messages before absl")
+
+
+def load_space(name: str = "small") -> dict:
+    """A search_space preset of conf/search_space as a plain dict."""
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "search_space" / f"{name}.yaml"))
+
+
+class Recorder:
+    """A sweep observer that keeps every event it receives, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def clear(self) -> None:
+        self.events.clear()
+
+    def of(self, kind: str) -> list[tuple]:
+        """The arguments of every event of one kind."""
+        return [args for event, *args in self.events if event == kind]
+
+    @property
+    def started(self) -> list[str]:
+        """Trial ids in the order their trials started."""
+        return [trial_id for trial_id, _, _ in self.of("trial_started")]
+
+    @property
+    def outcomes(self) -> list:
+        return [outcome for (outcome,) in self.of("trial_ended")]
+
+    def sweep_started(self, info):
+        self.events.append(("sweep_started", info))
+
+    def trial_started(self, trial_id, values, candidate):
+        self.events.append(("trial_started", trial_id, dict(values), candidate))
+
+    def epoch_ended(self, trial_id, epoch, logs):
+        self.events.append(("epoch_ended", trial_id, epoch, dict(logs)))
+
+    def trial_ended(self, outcome):
+        self.events.append(("trial_ended", outcome))
+
+    def candidate_skipped(self, reason, values):
+        self.events.append(("candidate_skipped", reason, dict(values)))
+
+    def sweep_ended(self, result, model):
+        self.events.append(("sweep_ended", result, model))
+
+    def sweep_failed(self, error):
+        self.events.append(("sweep_failed", error))
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def small_space() -> dict:
+    """conf/search_space/small.yaml, a fresh copy per test."""
+    return load_space("small")
+
+
+@pytest.fixture
+def make_spec(tmp_path):
+    """Factory of tiny SweepSpecs under tmp_path: digits (200 training images), 1 epoch.
+
+    Keyword arguments override SweepSpec fields; ``tuner`` and ``training`` may be
+    dicts of TunerSpec / TrainingSpec fields.
+    """
+    from search.data import DataSpec
+    from search.hypermodel import TrainingSpec
+    from search.sweep import SweepSpec
+    from search.tuners import TunerSpec
+
+    def make(search_space: dict | None = None, tuner: dict | None = None,
+             training: dict | None = None, **fields) -> SweepSpec:
+        tuner = TunerSpec(**{"name": "random", "max_trials": 2, **(tuner or {})})
+        training = TrainingSpec(**{"epochs": 1, "batch_size": 64,
+                                   "early_stopping_patience": None, **(training or {})})
+        defaults = dict(data=DataSpec("digits", limit=200), root=str(tmp_path),
+                        search_space=search_space or load_space("small"),
+                        tuner=tuner, training=training)
+        return SweepSpec(**{**defaults, **fields})
+
+    return make
+
+
+def replace(spec, **changes):
+    """dataclasses.replace for nested spec fields given as dicts (tuner=..., training=...)."""
+    for key in ("tuner", "training"):
+        if isinstance(changes.get(key), dict):
+            changes[key] = dataclasses.replace(getattr(spec, key), **changes[key])
+    return dataclasses.replace(spec, **changes)
+
+
+@pytest.fixture
+def cnnsearch() -> list[str]:
+    """The installed console script next to this interpreter (or ``python -m search.cli``)."""
+    script = Path(sys.executable).parent / "cnnsearch"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "search.cli"]
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """The environment for console-script subprocesses: quiet TensorFlow, no colours."""
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", NO_COLOR="1", COLUMNS="200")
+    return env
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without TensorFlow's C++ start-up noise, blank lines dropped."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith(TF_NOISE)]

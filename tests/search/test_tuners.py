@@ -1,0 +1,238 @@
+"""search.tuners through real tiny sweeps: feasibility filter, budget, failure policy, tuners."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import search.hypermodel
+import search.sweep
+from search.errors import UserError
+from search.hypermodel import CNNHyperModel
+from search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
+from search.tuners import TUNERS
+
+# On 8x8 digits with `valid` padding only 1-block candidates fit (every 2- and 3-block
+# one shrinks a map below its window); the orders put infeasible ones first for the grid.
+MOSTLY_INFEASIBLE = dict(num_blocks=[3, 2, 1], padding=["valid"], kernel_size=[5, 3],
+                         pooling=["max"], strides=[2, 1], filters=[8], dense_units=[0])
+# Block 1 leaves a 1x1 map (8 -> 7x7 conv -> 2 -> pool -> 1): no 7x7 window fits block 2.
+NOTHING_FITS = dict(num_blocks=[2, 3], padding=["valid"], kernel_size=[7], strides=[1],
+                    pooling=["max", "avg"], filters=[8], dense_units=[0])
+
+
+@pytest.fixture
+def built(monkeypatch) -> list:
+    """Every architecture the sweep's hypermodel is asked to build, in order."""
+    architectures = []
+
+    class RecordingHyperModel(CNNHyperModel):
+        def build(self, hp):
+            architectures.append(self.candidate(hp).architecture)
+            return super().build(hp)
+
+    monkeypatch.setattr(search.sweep, "CNNHyperModel", RecordingHyperModel)
+    return architectures
+
+
+@pytest.fixture
+def failing_build(monkeypatch):
+    """Make building a candidate raise for the architectures ``fails(arch)`` selects."""
+
+    def install(fails) -> None:
+        real = search.hypermodel.build_model
+
+        def build_model(arch):
+            if fails(arch):
+                raise RuntimeError(f"injected build failure ({arch.blocks[0].filters} filters)")
+            return real(arch)
+
+        monkeypatch.setattr(search.hypermodel, "build_model", build_model)
+
+    return install
+
+
+# -- feasibility filter ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tuner", ["random", "grid"])
+def test_infeasible_candidates_are_skipped_not_trained(make_spec, small_space, built, recorder,
+                                                      tuner):
+    space = {**small_space, **MOSTLY_INFEASIBLE}
+    spec = make_spec(space, tuner={"name": tuner, "max_trials": 3}, final_fit=False)
+    result, _ = run_sweep(spec, [recorder])
+
+    assert built, "no candidate was built"
+    assert [arch.infeasibility() for arch in built] == [None] * len(built)
+    started = [candidate.architecture for _, _, candidate in recorder.of("trial_started")]
+    assert [arch.infeasibility() for arch in started] == [None] * 3
+    assert all(len(arch.blocks) == 1 for arch in started)
+    # skipped candidates were counted, reported and did not use up the trials
+    assert result.n_skipped > 0
+    assert result.n_completed == 3
+    assert result.n_failed == 0
+    skipped = recorder.of("candidate_skipped")
+    assert len(skipped) == result.n_skipped
+    assert all(" on a " in reason for reason, _ in skipped)
+    assert sum(result.skip_reasons.values()) == result.n_skipped
+
+
+@pytest.mark.parametrize("tuner", ["random", "grid"])
+def test_a_space_without_a_feasible_candidate_is_a_user_error(make_spec, small_space, built,
+                                                             recorder, tuner):
+    spec = make_spec({**small_space, **NOTHING_FITS}, tuner={"name": tuner})
+    with pytest.raises(UserError, match="no feasible candidate") as info:
+        run_sweep(spec, [recorder])
+    assert "8x8x1" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert built == []
+    assert recorder.of("trial_started") == []
+    assert recorder.of("candidate_skipped")
+    assert isinstance(recorder.of("sweep_failed")[0][0], UserError)
+
+
+def test_candidates_over_the_parameter_budget_are_skipped(make_spec, small_space, built,
+                                                          recorder):
+    # Of the small space's 84 candidates only the 9 with two 8-filter blocks and no dense
+    # layer have fewer than 1,000 parameters (994); the smallest 1-block one has 1,370.
+    budget = 1000
+    spec = make_spec({**small_space, "max_params": budget}, final_fit=False,
+                     tuner={"max_trials": 2})
+    result, _ = run_sweep(spec, [recorder])
+
+    assert result.n_completed == 2
+    assert len(built) == 2
+    assert all(arch.params <= budget for arch in built)
+    assert result.params <= budget
+    assert result.n_skipped > 0
+    assert all("max_params" in reason for reason in result.skip_reasons)
+    assert all("max_params" in reason for reason, _ in recorder.of("candidate_skipped"))
+
+
+# -- failure policy ------------------------------------------------------------------
+
+
+def test_failed_builds_and_nan_losses_fail_their_trials_only(make_spec, small_space,
+                                                             failing_build, recorder):
+    # The grid runs exactly these four: 8 filters (build fails) x lr 0.003 / 1e30,
+    # then 16 filters x lr 0.003 (trains) / 1e30 (SGD overflows: the loss becomes NaN).
+    failing_build(lambda arch: arch.blocks[0].filters == 8)
+    space = {**small_space, "num_blocks": [1], "filters": [8, 16], "pooling": ["max"],
+             "dense_units": [0], "learning_rate": [0.003, 1e30], "optimizer": ["sgd"]}
+    spec = make_spec(space, tuner={"name": "grid", "max_trials": 4}, final_fit=False)
+    result, _ = run_sweep(spec, [recorder])
+
+    assert (result.n_completed, result.n_failed, result.n_skipped) == (1, 3, 0)
+    assert result.stopped_reason is None
+    assert result.test_accuracy is not None
+    outcomes = {outcome.trial_id: outcome for outcome in recorder.outcomes}
+    values = {trial_id: v for trial_id, v, _ in recorder.of("trial_started")}
+    assert len(outcomes) == 4
+    for trial_id, outcome in outcomes.items():
+        filters, lr = values[trial_id]["block1_filters"], values[trial_id]["learning_rate"]
+        if filters == 8:
+            assert outcome.status == "failed"
+            assert "injected build failure (8 filters)" in outcome.reason
+            assert "\n" not in outcome.reason
+            assert outcome.score is None
+        elif lr > 1:
+            assert outcome.status == "failed"
+            assert "NaN" in outcome.reason
+        else:
+            assert outcome.status == "completed"
+            assert outcome.reason is None
+            assert math.isfinite(outcome.score)
+    assert result.best_values["block1_filters"] == 16
+    assert result.best_values["learning_rate"] == 0.003
+
+
+def test_consecutive_failures_stop_the_sweep_with_the_last_reason(make_spec, small_space,
+                                                                  failing_build, recorder):
+    failing_build(lambda arch: True)
+    spec = make_spec(small_space, tuner={"max_trials": 5, "max_consecutive_failed_trials": 2})
+    with pytest.raises(UserError) as info:
+        run_sweep(spec, [recorder])
+    message = str(info.value)
+    assert "consecutive failures" in message
+    assert "limit of 2" in message
+    assert "RuntimeError: injected build failure" in message
+    assert "\n" not in message
+    assert [outcome.status for outcome in recorder.outcomes] == ["failed", "failed"]
+    assert isinstance(recorder.of("sweep_failed")[0][0], UserError)
+
+
+# -- every tuner ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [
+    "random", "grid", "bayesian", pytest.param("hyperband", marks=pytest.mark.slow)])
+def test_each_tuner_runs_a_tiny_sweep(make_spec, small_space, recorder, name):
+    spec = make_spec(small_space, tuner={"name": name, "max_trials": 2, "max_epochs": 2,
+                                         "factor": 2})
+    result, model = run_sweep(spec, [recorder])
+
+    assert name in TUNERS
+    assert result.test_accuracy is not None and 0 <= result.test_accuracy <= 1
+    assert result.best_val_accuracy is not None
+    assert result.n_failed == 0
+    assert result.n_completed == len(recorder.started) >= 2
+    if name != "hyperband":
+        assert result.n_completed == 2
+    directory = spec.directory
+    assert result.directory == str(directory)
+    assert (directory / BEST_MODEL_FILE).is_file()
+    state = json.loads((directory / STATE_FILE).read_text())
+    assert state["space_hash"] == spec.space_hash
+    assert model.count_params() == result.params
+    assert recorder.events[0][0] == "sweep_started"
+    assert recorder.events[-1][0] == "sweep_ended"
+
+
+# -- observer events -----------------------------------------------------------------
+
+
+def test_observers_see_every_trial_and_epoch(make_spec, small_space, recorder):
+    # grid over num_blocks only: exactly a 2-block and then a 1-block candidate
+    space = {**small_space, "num_blocks": [2, 1], "filters": [8], "pooling": ["max"],
+             "dense_units": [0]}
+    spec = make_spec(space, tuner={"name": "grid", "max_trials": 5},
+                     training={"epochs": 2}, final_fit=False)
+    result, _ = run_sweep(spec, [recorder])
+
+    kinds = [event for event, *_ in recorder.events]
+    assert kinds == ["sweep_started",
+                     "trial_started", "epoch_ended", "epoch_ended", "trial_ended",
+                     "trial_started", "epoch_ended", "epoch_ended", "trial_ended",
+                     "sweep_ended"]
+    info = recorder.of("sweep_started")[0][0]
+    assert (info.name, info.max_trials, info.resumed) == (spec.sweep_name, 5, False)
+    assert result.n_completed == 2
+
+    started = recorder.of("trial_started")
+    assert [values["num_blocks"] for _, values, _ in started] == [2, 1]
+    for trial_id, values, candidate in started:
+        blocks = values["num_blocks"]
+        assert len(candidate.architecture.blocks) == blocks
+        for b in (1, 2, 3):
+            keys = [key for key in values if key.startswith(f"block{b}_")]
+            assert bool(keys) == (b <= blocks), (trial_id, b, keys)
+    two_block, one_block = (values for _, values, _ in started)
+    assert "block2_filters" in two_block
+    assert not [key for key in one_block if key.startswith("block2_")]
+
+    for trial_id, _, _ in started:
+        epochs = [(epoch, logs) for tid, epoch, logs in recorder.of("epoch_ended")
+                  if tid == trial_id]
+        assert [epoch for epoch, _ in epochs] == [0, 1]
+        assert all({"loss", "accuracy", "val_loss", "val_accuracy"} <= set(logs)
+                   for _, logs in epochs)
+    for outcome in recorder.outcomes:
+        assert outcome.status == "completed"
+        assert outcome.epochs_run == 2
+        assert outcome.train_seconds > 0
+        assert outcome.images_per_second > 0
+        epoch_scores = [logs["val_accuracy"] for tid, _, logs in recorder.of("epoch_ended")
+                        if tid == outcome.trial_id]
+        assert outcome.score == pytest.approx(max(epoch_scores))

@@ -1,0 +1,85 @@
+"""Find a sweep's winning model in the MLflow store (for export), and log exports back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tracking.store import TAG_ROLE, TrackingError
+
+
+@dataclass(frozen=True)
+class Winner:
+    """Where the model is, which sweep made it, and that sweep's config."""
+
+    model_uri: str
+    run_id: str
+    sweep_name: str
+    config: dict
+    test_accuracy: float | None
+
+
+def find_winner(client: MlflowClient, experiment_id: str | None, run: str = "latest",
+                model: str | None = None) -> Winner:
+    """Resolve ``export.model`` (a registry URI) or ``export.run`` (latest or a run id).
+
+    Raises:
+        TrackingError: no finished sweep, an unknown run id or registered model.
+    """
+    if model:
+        run_id, model_uri = _from_registry(client, model), model
+    elif run == "latest":
+        runs = [] if experiment_id is None else client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and attributes.status = 'FINISHED'",
+            order_by=["attributes.end_time DESC"], max_results=1)
+        if not runs:
+            raise TrackingError("no finished sweep to export yet; run `cnnsearch sweep` first")
+        run_id, model_uri = runs[0].info.run_id, f"runs:/{runs[0].info.run_id}/model"
+    else:
+        run_id, model_uri = run, f"runs:/{run}/model"
+    try:
+        parent = client.get_run(run_id)
+        config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml"))
+                                .read_text())
+    except MlflowException:
+        raise TrackingError(f"run {run_id} is not a cnnsearch sweep in this store") from None
+    return Winner(model_uri, run_id, parent.info.run_name or run_id, config,
+                  parent.data.metrics.get("test_accuracy"))
+
+
+def load_model(winner: Winner, tracking_uri: str):
+    """The winner as a Keras model (our custom layer registered first)."""
+    import models  # noqa: F401 - registers SumPooling2D
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.keras.load_model(winner.model_uri)
+
+
+def log_export(client: MlflowClient, run_id: str, directory: Path) -> None:
+    """Attach the exported files and their manifest to the sweep run."""
+    client.log_artifacts(run_id, str(directory), "export")
+
+
+def _from_registry(client: MlflowClient, uri: str) -> str:
+    """The run id behind ``models:/<name>/<version|latest>``."""
+    parts = uri.removeprefix("models:/").split("/")
+    if not uri.startswith("models:/") or len(parts) != 2:
+        raise TrackingError(f"export.model must look like models:/<name>/<version|latest>, "
+                            f"got {uri!r}")
+    name, version = parts
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise TrackingError(f"registered model {name!r} does not exist in this store")
+    if version == "latest":
+        chosen = max(versions, key=lambda v: int(v.version))
+    else:
+        chosen = next((v for v in versions if v.version == version), None)
+        if chosen is None:
+            raise TrackingError(f"registered model {name!r} has no version {version}")
+    return chosen.run_id
