@@ -37,6 +37,7 @@ class TunerConfig:
     objective: str = "val_accuracy"
     direction: str = "max"
     max_trials: int = 10
+    max_seconds: float | None = None   # time budget: no new trial starts after it
     executions_per_trial: int = 1
     max_retries_per_trial: int = 0
     max_consecutive_failed_trials: int = 3

@@ -176,6 +176,8 @@ def _search(tuner: SweepTuner, data: Dataset, training: TrainingSpec) -> str | N
             raise
         lines = [line for line in str(error).strip().splitlines() if line.strip()]
         return f"{lines[0]} Last reason: {lines[-1].strip()}"
+    if tuner.out_of_time:
+        return f"time budget tuner.max_seconds={tuner.max_seconds:g} reached"
     return None
 
 

@@ -42,6 +42,7 @@ class TunerSpec:
     objective: str = "val_accuracy"
     direction: str | None = None
     max_trials: int = 10
+    max_seconds: float | None = None
     executions_per_trial: int = 1
     max_retries_per_trial: int = 0
     max_consecutive_failed_trials: int = 3
@@ -67,6 +68,8 @@ class TunerSpec:
                 raise UserError(f"tuner.{key} must be >= 1, got {getattr(self, key)}")
         if self.max_retries_per_trial < 0:
             raise UserError("tuner.max_retries_per_trial must be >= 0")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise UserError(f"tuner.max_seconds must be > 0 or null, got {self.max_seconds}")
 
     @property
     def kt_objective(self) -> kt.Objective:
@@ -189,8 +192,11 @@ class SweepTuner(kt.Tuner):
     """``kt.Tuner`` with NaN-as-failure, memory release and observer events."""
 
     def __init__(self, oracle, hypermodel: CNNHyperModel, observers: Observers,
-                 **kwargs) -> None:
+                 max_seconds: float | None = None, **kwargs) -> None:
         self.observers = observers
+        self.max_seconds = max_seconds
+        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.out_of_time = False
         self._started: dict[str, float] = {}
         self._reporters: dict[str, _EpochReporter] = {}
         self._train_images = 0
@@ -230,6 +236,9 @@ class SweepTuner(kt.Tuner):
             super().on_trial_end(trial)
         finally:
             self.observers.trial_ended(self._outcome(trial))
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.out_of_time = True
+            self.oracle.max_trials = len(self.oracle.trials)  # no new trial starts
 
     def _outcome(self, trial) -> TrialOutcome:
         seconds = time.perf_counter() - self._started.pop(trial.trial_id, time.perf_counter())
@@ -284,7 +293,8 @@ def make_tuner(spec: TunerSpec, hypermodel: CNNHyperModel, observers: Observers,
         oracle = RandomOracle(max_trials=spec.max_trials, **common)
     oracle._init_skips(hypermodel.skip_reason, observers.candidate_skipped)
     tuner_class = SweepHyperband if spec.name == "hyperband" else SweepTuner
-    return tuner_class(oracle, hypermodel, observers, directory=directory,
+    return tuner_class(oracle, hypermodel, observers, max_seconds=spec.max_seconds,
+                       directory=directory,
                        project_name=project_name, overwrite=overwrite,
                        executions_per_trial=spec.executions_per_trial)
 
