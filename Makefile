@@ -23,6 +23,15 @@ test: setup                ## the fast test suite
 test-slow: setup           ## the slow tests (real subprocess sweeps, SIGKILL resume, ...)
 	$(BIN)/pytest -q -m slow
 
+.PHONY: bench
+bench: setup               ## every benchmark in full mode, in sequence (hours), then the README tables
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.quality $(if $(AUTOKERAS_PYTHON),--autokeras-python $(AUTOKERAS_PYTHON))
+	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.costs
+	$(BIN)/python -m benchmarks.report
+
 lint: setup
 	$(BIN)/ruff check .
 

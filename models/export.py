@@ -29,6 +29,13 @@ def missing_packages(fmt: str) -> list[str]:
     return [name for name in _NEEDS.get(fmt, ()) if importlib.util.find_spec(name) is None]
 
 
+def onnx_opsets() -> range:
+    """The ONNX opsets the installed converter (tf2onnx) can write: 7 up to its newest."""
+    from tf2onnx import constants
+
+    return range(7, max(constants.OPSET_TO_IR_VERSION) + 1)
+
+
 def export_model(model: keras.Model, fmt: str, directory: Path, opset: int = 17,
                  quantize: str = "none") -> Path:
     """Write ``model`` in format ``fmt`` inside ``directory``.
@@ -42,20 +49,28 @@ def export_model(model: keras.Model, fmt: str, directory: Path, opset: int = 17,
 
     Returns:
         The written file or folder.
+
+    Raises:
+        ValueError: an unknown format or quantisation.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     path = Path(directory) / FILENAMES[fmt]
     if fmt == "keras":
         model.save(path)
     elif fmt == "saved_model":
         model.export(str(path), format="tf_saved_model", verbose=False)
     elif fmt == "onnx":
+        # Keras refuses an ONNX export of a model that was never called (a freshly
+        # built or loaded one); one call on a zero batch is enough.
+        model(np.zeros((1, *model.input_shape[1:]), dtype="float32"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model.export(str(path), format="onnx", opset_version=opset, verbose=False)
-    elif fmt == "tflite":
-        path.write_bytes(_tflite_bytes(model, Path(directory), quantize))
     else:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        path.write_bytes(_tflite_bytes(model, Path(directory), quantize))
     return path
 
 

@@ -18,12 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from search.data import DataSpec
+from search.data import DataSpec, load_dataset
 from search.errors import UserError
 from search.events import SweepResult
 from search.hypermodel import TrainingSpec
 from search.progress import ProgressDisplay
-from search.sweep import SweepSpec, run_sweep
+from search.sweep import SweepSpec, run_sweep, validate
 from search.tuners import TunerSpec
 from tracking.store import TrackingSpec
 
@@ -71,14 +71,20 @@ def tracking_spec(cfg: DictConfig) -> TrackingSpec:
 def sweep_command(cfg: DictConfig) -> SweepResult:
     """``cnnsearch sweep``: run one sweep and print its summary table."""
     spec = sweep_spec(cfg)
-    observers: list = [ProgressDisplay(console)]
+    validate(spec)  # a bad value or a missing data set: one line, nothing written yet
     tracking = tracking_spec(cfg)
+    if tracking.mode == "server":  # an unreachable server fails before any data is loaded
+        from tracking.store import open_store
+
+        open_store(tracking)
+    data = load_dataset(spec.data, spec.seed)
+    observers: list = [ProgressDisplay(console)]
     if tracking.enabled:
         from tracking.runs import MlflowRecorder
 
         observers.append(MlflowRecorder(tracking))
-    with _sigterm_as_interrupt():
-        result, _ = run_sweep(spec, observers)
+    with _sigterm_as_interrupt() as interrupted:
+        result, _ = run_sweep(spec, [*observers, interrupted], data=data)
     report.print(summary_table(result))
     return result
 
@@ -92,6 +98,10 @@ def results_command(cfg: DictConfig) -> pd.DataFrame:
     if not tracking.enabled:
         raise UserError("cnnsearch results reads MLflow; it cannot work with tracking=none")
     name = cfg.results.experiment or tracking.experiment
+    if (tracking.mode == "local" and not tracking.uri
+            and not (tracking.store_dir / "mlflow.db").exists()):  # read only: create nothing
+        raise UserError(f"no sweep yet: there is no MLflow store in {tracking.store_dir}; "
+                        "run `cnnsearch sweep` first")
     client = open_store(TrackingSpec(**{**tracking.__dict__, "experiment": name}))
     exp_id = experiment_id(client, TrackingSpec(**{**tracking.__dict__, "experiment": name}),
                            create=False)
@@ -130,10 +140,10 @@ def ui_command(cfg: DictConfig) -> int:
     console.print(f"MLflow UI on http://{host}:{port}  (store {tracking.tracking_uri})")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
                tracking.tracking_uri, "--host", host, "--port", str(port)]
-    with subprocess.Popen(command) as server:
+    with subprocess.Popen(command) as server, _sigterm_as_interrupt():
         try:
             return server.wait()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server too, not orphan it
             server.terminate()
             return 0
 
@@ -153,6 +163,10 @@ def export_command(cfg: DictConfig) -> dict:
         from tracking.store import experiment_id, open_store
         from tracking.winner import find_winner, load_model, log_export
 
+        if tracking.mode == "local" and not tracking.uri and not (
+                tracking.store_dir / "mlflow.db").exists():  # don't create an empty store
+            raise UserError(f"no finished sweep to export yet: no MLflow store in "
+                            f"{tracking.store_dir}; run `cnnsearch sweep` first")
         client = open_store(tracking)
         winner = find_winner(client, experiment_id(client, tracking, create=False),
                              cfg.export.run, cfg.export.model)
@@ -240,15 +254,40 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class _Interrupted:
+    """Sweep observer that raises a received SIGTERM again at the next sweep event.
+
+    The handler's own ``KeyboardInterrupt`` is lost when it lands in a finalizer or a
+    weakref callback (Python only prints "Exception ignored in ..."; SQLAlchemy runs
+    such callbacks all through a sweep), and the sweep would go on as if never told.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def check(self, *_args) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"signal {self.signum}")
+
+    trial_started = epoch_ended = trial_ended = candidate_skipped = check
+
+
 @contextmanager
 def _sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C, so open runs are closed as KILLED."""
+    """Treat SIGTERM like Ctrl-C, so open runs are closed as KILLED.
+
+    Yields:
+        An observer to add last to a sweep's observers (see :class:`_Interrupted`).
+    """
+    received = _Interrupted()
+
     def interrupt(signum, frame):
+        received.signum = signum
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -19,7 +19,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from models.export import FORMATS, QUANTIZE, export_model, missing_packages, predict_with_runtime
+from models.export import (
+    FORMATS,
+    QUANTIZE,
+    export_model,
+    missing_packages,
+    onnx_opsets,
+    predict_with_runtime,
+)
 from search.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -70,7 +77,8 @@ def check_spec(spec: ExportSpec) -> None:
     """Refuse what would fail or overwrite, before any work.
 
     Raises:
-        UserError: bad quantisation, a missing optional package, or a non-empty
+        UserError: bad quantisation, a missing optional package, an ONNX opset the
+            converter cannot write, a destination that is a file, or a non-empty
             destination without ``export.overwrite=true``.
     """
     if spec.quantize not in QUANTIZE:
@@ -81,6 +89,13 @@ def check_spec(spec: ExportSpec) -> None:
         if missing:
             raise UserError(f"export.format={fmt} needs {', '.join(missing)}: "
                             "pip install 'cnnsearch[export]'")
+    opsets = onnx_opsets() if "onnx" in spec.formats else None
+    if opsets is not None and spec.opset not in opsets:
+        raise UserError(f"export.opset {spec.opset} is not supported; choose from "
+                        f"{opsets.start} to {opsets.stop - 1}")
+    if spec.directory.exists() and not spec.directory.is_dir():
+        raise UserError(f"export.dir {spec.directory} is a file, not a folder; "
+                        "choose another export.dir")
     if spec.directory.exists() and any(spec.directory.iterdir()) and not spec.overwrite:
         raise UserError(f"export.dir {spec.directory} exists and is not empty; "
                         "use export.overwrite=true or another export.dir")

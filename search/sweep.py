@@ -91,12 +91,14 @@ def validate(spec: SweepSpec) -> SearchSpace:
     return space
 
 
-def run_sweep(spec: SweepSpec, observers: list | None = None) -> tuple[SweepResult, keras.Model]:
+def run_sweep(spec: SweepSpec, observers: list | None = None,
+              data: Dataset | None = None) -> tuple[SweepResult, keras.Model]:
     """Search, re-train the winner, evaluate it once on the test split.
 
     Args:
         spec: the sweep's configuration.
         observers: receivers of sweep, trial and epoch events (progress, MLflow).
+        data: ``spec.data`` already loaded with ``spec.seed`` (loaded here when None).
 
     Returns:
         The result summary and the final model.
@@ -107,7 +109,8 @@ def run_sweep(spec: SweepSpec, observers: list | None = None) -> tuple[SweepResu
     """
     space = validate(spec)
     events = Observers(observers or [])
-    data = load_dataset(spec.data, spec.seed)
+    if data is None:
+        data = load_dataset(spec.data, spec.seed)
     directory = _prepare_directory(spec)
     keras.utils.set_random_seed(spec.seed)
     policy = keras.config.dtype_policy()

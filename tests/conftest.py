@@ -110,7 +110,7 @@ def replace(spec, **changes):
     return dataclasses.replace(spec, **changes)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cnnsearch() -> list[str]:
     """The installed console script next to this interpreter (or ``python -m search.cli``)."""
     script = Path(sys.executable).parent / "cnnsearch"
@@ -119,7 +119,7 @@ def cnnsearch() -> list[str]:
     return [sys.executable, "-m", "search.cli"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli_env() -> dict[str, str]:
     """The environment for console-script subprocesses: quiet TensorFlow, no colours."""
     env = dict(os.environ)

@@ -8,6 +8,7 @@ by a killed process are marked KILLED at the next start.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import platform
@@ -28,7 +29,9 @@ from mlflow.tracking import MlflowClient
 
 from tracking.results import leaderboard, log_plots
 from tracking.store import (
+    TAG_REASON,
     TAG_ROLE,
+    TAG_STATUS,
     TrackingSpec,
     experiment_id,
     open_store,
@@ -41,8 +44,6 @@ log = logging.getLogger(__name__)
 TAG_SWEEP = "cnnsearch.sweep"
 TAG_HASH = "cnnsearch.space_hash"
 TAG_TRIAL = "cnnsearch.trial_id"
-TAG_STATUS = "cnnsearch.status"
-TAG_REASON = "cnnsearch.reason"
 TAG_ARCH = "cnnsearch.architecture"
 MAX_PARAM_LENGTH = 6000
 
@@ -199,7 +200,8 @@ class MlflowRecorder:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model"
             path.mkdir()
-            mlflow.keras.save_model(model, str(path), signature=signature, input_example=sample)
+            mlflow.keras.save_model(model, str(path), signature=signature, input_example=sample,
+                                    pip_requirements=_pip_requirements())
             self.client.log_artifacts(self.parent_id, str(path), "model")
         mlflow.set_tracking_uri(self.spec.tracking_uri)
         version = mlflow.register_model(f"runs:/{self.parent_id}/model",
@@ -210,6 +212,24 @@ class MlflowRecorder:
         self.client.set_model_version_tag(self.spec.registered_model, str(version),
                                           "architecture", result.architecture)
         log.info("MLflow: registered model %s version %s", self.spec.registered_model, version)
+
+
+def _pip_requirements() -> list[str]:
+    """Keras and its backend package, pinned: what the logged model needs to load.
+
+    Given explicitly: MLflow would otherwise infer them by loading the model in a fresh
+    process that has not imported our custom layers (``models.SumPooling2D``), which
+    fails after several seconds, warns, and falls back to Keras alone (no backend).
+    """
+    backend = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(
+        keras.backend.backend())
+    pins = []
+    for package in filter(None, ("keras", backend)):
+        try:
+            pins.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:

@@ -20,6 +20,8 @@ MODES = ("local", "server", "none")
 TAG_ROLE = "cnnsearch.role"
 TAG_HOST = "cnnsearch.host"
 TAG_PID = "cnnsearch.pid"
+TAG_STATUS = "cnnsearch.status"   # of a trial run: running | completed | failed | killed
+TAG_REASON = "cnnsearch.reason"
 
 
 class TrackingError(Exception):
@@ -92,7 +94,8 @@ def experiment_id(client: MlflowClient, spec: TrackingSpec, create: bool = True)
 def reconcile_stale_runs(client: MlflowClient, experiment_ids: list[str]) -> int:
     """Mark KILLED the runs of this suite still RUNNING whose process is gone.
 
-    Only runs started on this host are judged (a pid means nothing elsewhere).
+    Only runs started on this host are judged (a pid means nothing elsewhere). A trial
+    run's status tag (what ``cnnsearch results`` shows) is set to ``killed`` as well.
 
     Returns:
         How many runs were marked.
@@ -107,6 +110,10 @@ def reconcile_stale_runs(client: MlflowClient, experiment_ids: list[str]) -> int
     for run in runs:
         pid = int(run.data.tags.get(TAG_PID, "0"))
         if pid != os.getpid() and not psutil.pid_exists(pid):
+            if TAG_STATUS in run.data.tags:
+                client.set_tag(run.info.run_id, TAG_STATUS, "killed")
+                client.set_tag(run.info.run_id, TAG_REASON,
+                               f"process {pid} on {host} ended without closing the run")
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             marked += 1
     if marked:

@@ -1,0 +1,174 @@
+"""search.sweep: validation before any work, resume in-process and after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from search.errors import UserError
+from search.sweep import STATE_FILE, run_sweep, validate
+from tests.conftest import replace
+
+# -- validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"training": {"epochs": 0}}, ["training.epochs", ">= 1"]),
+    ({"training": {"batch_size": 0}}, ["training.batch_size"]),
+    ({"tuner": {"max_trials": 0}}, ["tuner.max_trials", ">= 1"]),
+    ({"tuner": {"name": "annealing"}}, ["tuner.name", "annealing", "random, bayesian"]),
+    ({"tuner": {"objective": "val_f1"}}, ["tuner.objective", "val_f1", "val_accuracy"]),
+    ({"tuner": {"name": "grid"}, "space": {"dense_units": [32],
+                                           "dropout": {"min": 0.0, "max": 0.5}}},
+     ["tuner=grid", "search_space.dropout", "step"]),
+    ({"tuner": {"name": "grid"}, "space": {"learning_rate": {"min": 1e-4, "max": 1e-2,
+                                                             "sampling": "log"}}},
+     ["tuner=grid", "search_space.learning_rate"]),
+    ({"space": {"pooling": ["median"]}}, ["search_space.pooling", "median", "max, avg, sum"]),
+    ({"space": {"filterz": [8]}}, ["filterz", "allowed"]),
+])
+def test_bad_values_are_one_line_user_errors_before_any_work(make_spec, small_space, tmp_path,
+                                                             changes, words):
+    spec = make_spec({**small_space, **changes.pop("space", {})})
+    spec = replace(spec, **changes)
+    for attempt in (validate, run_sweep):
+        with pytest.raises(UserError) as info:
+            attempt(spec)
+        message = str(info.value)
+        assert "\n" not in message
+        for word in words:
+            assert word in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_grid_accepts_stepped_float_and_integer_ranges(make_spec, small_space):
+    space = {**small_space, "dense_units": [32], "dropout": {"min": 0.0, "max": 0.5, "step": 0.25},
+             "filters": {"min": 8, "max": 16, "step": 8}}
+    validate(make_spec(space, tuner={"name": "grid"}))
+
+
+# -- naming and resume ---------------------------------------------------------------
+
+
+def test_resume_runs_only_the_missing_trials(make_spec, recorder):
+    spec = make_spec(tuner={"max_trials": 2}, final_fit=False)
+    first, _ = run_sweep(spec, [recorder])
+    assert first.n_completed == 2
+    done = set(recorder.started)
+    assert len(done) == 2
+    assert recorder.of("sweep_started")[0][0].resumed is False
+
+    recorder.clear()
+    more = replace(spec, tuner={"max_trials": 4})
+    assert more.directory == spec.directory   # the budget is not part of a sweep's identity
+    second, _ = run_sweep(more, [recorder])
+    assert recorder.of("sweep_started")[0][0].resumed is True
+    assert len(recorder.started) == 2
+    assert done.isdisjoint(recorder.started)
+    assert second.n_completed == 4
+    assert second.directory == first.directory
+
+    recorder.clear()
+    fresh, _ = run_sweep(replace(spec, resume=False, tuner={"max_trials": 1}), [recorder])
+    assert recorder.of("sweep_started")[0][0].resumed is False
+    assert len(recorder.started) == 1
+    assert fresh.n_completed == 1   # the four earlier trials are gone
+    trial_files = list((spec.directory / "tuner").glob("trial_*/trial.json"))
+    assert len(trial_files) == 1
+
+
+def test_a_changed_space_never_resumes_an_old_sweep(make_spec, small_space):
+    spec = make_spec(small_space, tuner={"max_trials": 1}, final_fit=False)
+    run_sweep(spec)
+    state = (spec.directory / STATE_FILE).read_text()
+    changed = {**small_space, "filters": [8]}
+
+    # without an explicit name a changed space (or data set) is another sweep
+    for other in (replace(spec, search_space=changed),
+                  replace(spec, data=replace(spec.data, limit=100))):
+        assert other.space_hash != spec.space_hash
+        assert other.sweep_name != spec.sweep_name
+        assert other.sweep_name.endswith(other.space_hash[:8])
+        assert other.directory.parent == spec.directory.parent
+        assert not other.directory.exists()
+    # ... while the tuner's budget and the training keep the sweep's identity
+    same = replace(spec, tuner={"max_trials": 7}, training={"epochs": 3})
+    assert same.directory == spec.directory
+
+    # an explicit name that points at the old sweep is refused, not silently mixed
+    pinned = replace(spec, search_space=changed, name=spec.sweep_name)
+    assert pinned.directory == spec.directory
+    with pytest.raises(UserError, match="resume=false") as info:
+        run_sweep(pinned)
+    assert spec.sweep_name in str(info.value)
+    assert "\n" not in str(info.value)
+    assert (spec.directory / STATE_FILE).read_text() == state
+
+
+# -- resume after SIGKILL (real console script) --------------------------------------
+
+
+def _trial_states(root: Path) -> dict[str, dict]:
+    """trial id -> trial.json of every keras-tuner trial under root, readable ones only."""
+    states = {}
+    for path in root.glob("sweeps/*/tuner/trial_*/trial.json"):
+        try:
+            states[path.parent.name] = json.loads(path.read_text())
+        except (OSError, ValueError):   # being written right now
+            continue
+    return states
+
+
+def _completed(root: Path) -> dict[str, Path]:
+    return {name: next(root.glob(f"sweeps/*/tuner/{name}/trial.json"))
+            for name, state in _trial_states(root).items() if state["status"] == "COMPLETED"}
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_rerunning_completed_trials(cnnsearch, cli_env, tmp_path):
+    root = tmp_path / "out"
+    command = [*cnnsearch, "sweep", "search_space=small", "tuner.max_trials=4",
+               "training.epochs=3", f"paths.root={root}"]
+    with open(tmp_path / "first.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=cli_env,
+                                   cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 300
+            # two trials done and the third one created: the oracle has saved its state
+            while not (len(_completed(root)) >= 2 and len(_trial_states(root)) >= 3):
+                assert process.poll() is None, (tmp_path / "first.log").read_text()
+                assert time.monotonic() < deadline, "the sweep made no progress"
+                time.sleep(0.05)
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    before = {name: (path.read_bytes(), path.stat().st_mtime_ns)
+              for name, path in _completed(root).items()}
+    assert 2 <= len(before) < 4
+
+    second = subprocess.run(command, capture_output=True, text=True, env=cli_env, cwd=tmp_path,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming sweep" in second.stderr
+    rerun = {f"trial_{n}" for n in re.findall(r"\btrial (\d+): ", second.stderr)}
+    assert rerun, second.stderr[-3000:]
+    assert rerun.isdisjoint(before)
+
+    after = _completed(root)
+    assert len(after) == 4
+    assert len(_trial_states(root)) == 4
+    for name, (content, mtime) in before.items():
+        assert after[name].read_bytes() == content
+        assert after[name].stat().st_mtime_ns == mtime
+    (result_file,) = root.glob("sweeps/*/result.json")
+    result = json.loads(result_file.read_text())
+    assert (result["n_completed"], result["n_failed"]) == (4, 0)
+    assert (result_file.parent / "best_model.keras").is_file()

@@ -1,0 +1,111 @@
+"""Every benchmark entry point runs end to end in tiny mode, so none of them rots.
+
+Benchmarks are not tests: nothing here checks a timing, only that each entry point
+writes its JSON with the expected keys and finite numbers, and that the report
+copies tables into a README.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import NAMES, common, report
+
+KEYS = {"benchmark", "command", "tiny", "started", "seconds", "machine", "params", "runs",
+        "summary"}
+
+
+def run_tiny(name: str, out: Path) -> dict:
+    """``python -m benchmarks.<name> --tiny --out <out>``, in-process; its JSON."""
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert module.main(["--tiny", "--out", str(out)]) == 0
+    payload = json.loads((out / f"{name}.json").read_text())
+    assert KEYS <= payload.keys()
+    assert payload["benchmark"] == name and payload["tiny"] is True
+    assert payload["command"] == f"python -m benchmarks.{name} --tiny --out {out}"
+    assert payload["machine"]["cores_logical"] >= 1 and payload["machine"]["versions"]["keras"]
+    for table in module.tables(payload):
+        assert table[2], f"{name}: empty table {table[0]!r}"
+    return payload
+
+
+def finite(*values) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+
+
+def test_common_helpers():
+    assert common.interleave(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    assert common.median([3, None, 1, math.nan, 2]) == 2
+    assert math.isnan(common.median([None])) and math.isnan(common.ratio(1.0, 0.0))
+    assert common.ratio(3.0, 2.0) == 1.5
+    assert common.slope([1, 2, 3], [10, 12, 14]) == pytest.approx(2.0)
+    assert common.first_reaching([1, 2, 3], [0.5, None, 0.99], 0.98) == 3
+    assert common.first_reaching([1, 2], [0.5, 0.6], 0.98) is None
+
+
+def test_overhead_tiny_and_report(tmp_path):
+    payload = run_tiny("overhead", tmp_path)
+    summary = payload["summary"]
+    for variant in ("baseline", "none", "local"):
+        assert summary[variant]["n_trials"] == 2
+        assert finite(summary[variant]["per_trial_seconds"])
+    assert finite(*summary["ratios"].values(), summary["tracking_per_trial_seconds"])
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nend\n")
+    assert report.main(["--out", str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and "Left out (tiny mode): overhead" in text
+    assert report.main(["--out", str(tmp_path), "--readme", str(readme), "--include-tiny"]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{report.END}\nend\n")
+    assert "### overhead" in text and "python -m benchmarks.overhead --tiny" in text
+    assert "| baseline | 2 |" in text
+
+
+@pytest.mark.slow
+def test_throughput_tiny(tmp_path):
+    payload = run_tiny("throughput", tmp_path)
+    for variant in ("bare", "sweep", "sweep_jit", "sweep_mixed"):
+        assert finite(payload["summary"][variant]["images_per_second"])
+    assert finite(*payload["summary"]["ratios"].values())
+    assert payload["backend"] in ("tensorflow", "jax", "torch")
+
+
+@pytest.mark.slow
+def test_quality_tiny(tmp_path):
+    payload = run_tiny("quality", tmp_path)
+    for variant in ("svm", "random", "bayesian", "hyperband", "keras_tuner", "cnn2"):
+        assert 0.0 <= payload["summary"][variant]["test_accuracy"] <= 1.0
+        assert finite(payload["summary"][variant]["total_seconds"])
+    assert payload["summary"]["random"]["n_trials"] >= 1
+    assert isinstance(payload["autokeras"], str)
+
+
+@pytest.mark.slow
+def test_memory_tiny(tmp_path):
+    payload = run_tiny("memory", tmp_path)
+    for variant in ("ours_local", "ours_none", "keras_tuner"):
+        (run,) = payload["runs"][variant]
+        assert len(run["rss_mb"]) == 2 and finite(*run["rss_mb"])
+        assert finite(payload["summary"][variant]["slope_mb_per_trial"])
+
+
+@pytest.mark.slow
+def test_costs_tiny(tmp_path):
+    payload = run_tiny("costs", tmp_path)
+    assert finite(*payload["summary"]["tracking"].values())
+    exports = payload["summary"]["export"]
+    assert "keras" in exports
+    for record in exports.values():
+        assert finite(record["seconds"], record["bytes"]) and record["parity_ok"]
+
+
+def test_every_benchmark_has_a_test():
+    tested = {"overhead", "throughput", "quality", "memory", "costs"}
+    assert set(NAMES) == tested

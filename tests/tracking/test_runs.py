@@ -1,0 +1,236 @@
+"""tracking.runs: what one real sweep leaves in the MLflow store (parent run, nested trial
+runs, per-epoch metrics, registered model), and how failed trials are recorded."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from search.data import DataSpec, load_dataset
+from tests.tracking.conftest import (
+    QUICK,
+    REGISTERED_MODEL,
+    error_lines,
+    open_experiment,
+    store_uri,
+)
+
+PARENT_METRICS = ("best_val_accuracy", "test_accuracy", "test_loss", "n_trials", "n_failed",
+                  "n_skipped", "sweep_seconds")
+CHILD_METRICS = ("params", "flops", "train_seconds", "epochs_run", "images_per_second")
+PLOTS = {"val_accuracy_vs_params.png", "val_accuracy_per_trial.png", "learning_curves_top.png"}
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    return {info.path for info in client.list_artifacts(run_id, path)}
+
+
+def _text(client, run_id: str, path: str) -> str:
+    with open(client.download_artifacts(run_id, path)) as handle:
+        return handle.read()
+
+
+# -- the parent run --------------------------------------------------------------------
+
+
+def test_one_finished_parent_run_per_sweep(swept):
+    (parent,) = swept.store.parents
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["cnnsearch.role"] == "sweep"
+    assert parent.info.run_name == swept.sweep_dir.name
+    assert "mlflow.parentRunId" not in parent.data.tags
+
+
+def test_parent_params_are_the_flattened_config(swept):
+    params = swept.parent.data.params
+    assert params["tuner.name"] == "random"
+    assert params["tuner.max_trials"] == "3"
+    assert params["training.epochs"] == "2"
+    assert params["data.name"] == "digits"
+    assert params["data.limit"] == "200"
+    assert params["seed"] == "1"
+    assert params["search_space.filters"] == "[8, 16]"   # lists stay JSON
+    assert re.fullmatch(r"[0-9a-f]{12}", params["space_hash"])
+    assert params["space_hash"] == swept.parent.data.tags["cnnsearch.space_hash"]
+
+
+def test_parent_metrics_summarise_the_sweep(swept):
+    metrics = swept.parent.data.metrics
+    for name in PARENT_METRICS:
+        assert name in metrics, name
+    assert metrics["n_trials"] == 3
+    assert metrics["n_failed"] == 0
+    assert metrics["n_skipped"] == 0
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["test_loss"] > 0
+    assert metrics["sweep_seconds"] > 0
+    best = max(run.data.metrics["best_val_accuracy"] for run in swept.store.children)
+    assert metrics["best_val_accuracy"] == pytest.approx(best)
+
+
+def test_parent_tags_name_the_environment(swept):
+    tags = swept.parent.data.tags
+    assert tags["cnnsearch.keras_backend"] == keras.backend.backend()
+    assert tags["cnnsearch.keras_version"] == keras.__version__
+    assert tags["cnnsearch.device"].strip()
+    best = tags["cnnsearch.best_trial"]
+    assert best in {run.data.tags["cnnsearch.trial_id"] for run in swept.store.children}
+
+
+def test_parent_artifacts(swept):
+    client, run_id = swept.store.client, swept.parent.info.run_id
+    assert {"config.yaml", "search_space.yaml", "leaderboard.csv", "plots",
+            "model"} <= _artifacts(client, run_id)
+    assert {p.split("/")[-1] for p in _artifacts(client, run_id, "plots")} == PLOTS
+    assert "model/MLmodel" in _artifacts(client, run_id, "model")
+
+    config = yaml.safe_load(_text(client, run_id, "config.yaml"))
+    assert config["training"]["epochs"] == 2
+    assert config["paths"]["root"] == str(swept.root)
+    space = yaml.safe_load(_text(client, run_id, "search_space.yaml"))
+    assert space == config["search_space"]
+    assert space["filters"] == [8, 16]
+
+    rows = list(csv.DictReader(io.StringIO(_text(client, run_id, "leaderboard.csv"))))
+    assert sorted(row["run_id"] for row in rows) == sorted(
+        run.info.run_id for run in swept.store.children)
+
+
+# -- the trial (child) runs --------------------------------------------------------------
+
+
+def test_three_nested_finished_trial_runs(swept):
+    children = swept.store.children
+    assert len(children) == 3
+    assert ({run.info.run_id for run in swept.store.children_of(swept.parent.info.run_id)}
+            == {run.info.run_id for run in children})
+    trial_ids = [run.data.tags["cnnsearch.trial_id"] for run in children]
+    assert len(set(trial_ids)) == 3
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["cnnsearch.role"] == "trial"
+        assert run.data.tags["cnnsearch.status"] == "completed"
+        assert "cnnsearch.reason" not in run.data.tags
+
+
+def test_trial_params_are_the_active_hyperparameters_only(swept):
+    children = swept.store.children
+    block_counts = sorted(int(run.data.params["num_blocks"]) for run in children)
+    assert 1 in block_counts and 2 in block_counts, (
+        f"seed=1 should draw 1- and 2-block candidates, got {block_counts}")
+    for run in children:
+        params = run.data.params
+        blocks = int(params["num_blocks"])
+        for b in (1, 2):
+            keys = {k for k in params if k.startswith(f"block{b}_")}
+            if b <= blocks:
+                assert {f"block{b}_filters", f"block{b}_pooling"} <= keys
+            else:
+                assert keys == set(), (blocks, keys)
+        assert not any(k.startswith(("block3_", "tuner/")) for k in params)
+        assert {"learning_rate", "optimizer", "dense_units", "global_pooling"} <= set(params)
+
+
+def test_trial_metrics_and_artifacts(swept):
+    client = swept.store.client
+    for run in swept.store.children:
+        metrics = run.data.metrics
+        for name in CHILD_METRICS:
+            assert name in metrics, name
+        assert metrics["params"] > 0 and metrics["flops"] > 0
+        assert metrics["epochs_run"] == 2
+        assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
+        assert {"architecture.json", "summary.txt"} <= _artifacts(client, run.info.run_id)
+        architecture = json.loads(_text(client, run.info.run_id, "architecture.json"))
+        assert len(architecture["blocks"]) == int(run.data.params["num_blocks"])
+        assert architecture["blocks"][0]["filters"] == int(run.data.params["block1_filters"])
+        summary = _text(client, run.info.run_id, "summary.txt")
+        assert summary.splitlines()[0] == run.data.tags["cnnsearch.architecture"]
+        assert f"{int(metrics['params']):,}" in summary
+
+
+def test_per_epoch_history(swept):
+    client = swept.store.client
+    for run in swept.store.children:
+        epochs = int(run.data.metrics["epochs_run"])
+        for name in ("val_accuracy", "loss"):
+            history = sorted(client.get_metric_history(run.info.run_id, name),
+                             key=lambda m: m.step)
+            assert [m.step for m in history] == list(range(epochs)), name
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert max(m.value for m in history) == pytest.approx(
+            run.data.metrics["best_val_accuracy"])
+
+
+# -- the registered model ----------------------------------------------------------------
+
+
+def test_registered_model_predicts_like_the_saved_best_model(swept):
+    import models  # noqa: F401 - registers SumPooling2D for both loaders
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(store_uri(swept.root))
+    mlflow.set_registry_uri(store_uri(swept.root))
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/latest")
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    best = keras.saving.load_model(swept.sweep_dir / "best_model.keras")
+    images = load_dataset(DataSpec("digits", limit=200), seed=0).x_test[:16].astype("float32")
+    expected = np.asarray(best.predict(images, verbose=0))
+    got = np.asarray(pyfunc.predict(images))
+    assert got.shape == expected.shape == (16, 10)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_model_version_tags_and_requirements(swept):
+    client, parent = swept.store.client, swept.parent
+    (version,) = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+    assert version.run_id == parent.info.run_id
+    assert version.tags["test_accuracy"] == f"{parent.data.metrics['test_accuracy']:.4f}"
+    assert version.tags["architecture"] == parent.data.tags["cnnsearch.architecture"]
+    # pinned explicitly: MLflow's inference cannot load our custom layer and falls back
+    requirements = _text(client, parent.info.run_id, "model/requirements.txt").split()
+    assert f"keras=={keras.__version__}" in requirements
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        assert f"tensorflow=={tf.__version__}" in requirements
+    assert "inferring pip requirements" not in swept.stderr
+
+
+# -- failed trials -----------------------------------------------------------------------
+
+
+def test_nan_trials_are_failed_runs_with_the_reason(cli_in_process, tmp_path):
+    """A learning rate of 1e300 (inf in float32) makes every candidate's loss NaN in its
+    first epoch; after 3 such trials keras-tuner stops the search and the sweep fails."""
+    root = tmp_path / "out"
+    code, _, err = cli_in_process(
+        "sweep", f"paths.root={root}", *QUICK, "training.epochs=1",
+        "search_space.learning_rate=[1e300]", "search_space.optimizer=[sgd]")
+    assert code == 2, err[-3000:]
+    errors = [line for line in error_lines(err) if line.startswith("cnnsearch: error:")]
+    assert errors == [error_lines(err)[-1]]
+    assert "the search stopped" in errors[0] and "NaN" in errors[0]
+
+    store = open_experiment(root)
+    (parent,) = store.parents
+    assert parent.info.status == "FAILED"
+    assert "the search stopped" in parent.data.tags["cnnsearch.reason"]
+    children = store.children_of(parent.info.run_id)
+    assert len(children) == 3
+    for run in children:
+        assert run.info.status == "FAILED"
+        assert run.data.tags["cnnsearch.status"] == "failed"
+        assert "loss became NaN at epoch 0" in run.data.tags["cnnsearch.reason"]
+        assert "params" in run.data.metrics and "train_seconds" in run.data.metrics
