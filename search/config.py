@@ -35,7 +35,7 @@ class DataConfig:
 class TunerConfig:
     name: str = MISSING
     objective: str = "val_accuracy"
-    direction: str = "max"
+    direction: str | None = None   # null: max for accuracy, min for loss
     max_trials: int = 10
     max_seconds: float | None = None   # time budget: no new trial starts after it
     executions_per_trial: int = 1
@@ -57,7 +57,7 @@ class TrainingConfig:
     batch_size: int = 32
     early_stopping_patience: int | None = 5
     mixed_precision: bool = False
-    jit_compile: Any = False
+    jit_compile: Any = "auto"
 
 
 @dataclass

@@ -19,7 +19,7 @@ class TrainingSpec:
     batch_size: int = 32
     early_stopping_patience: int | None = 5
     mixed_precision: bool = False
-    jit_compile: bool | str = False
+    jit_compile: bool | str = "auto"
 
 
 class CNNHyperModel(kt.HyperModel):

@@ -178,13 +178,17 @@ class _EpochReporter(keras.callbacks.Callback):
     def __init__(self, observers: Observers, trial_id: str) -> None:
         super().__init__()
         self.observers, self.trial_id = observers, trial_id
-        self.epochs = 0
+        self.epoch_ends: list[float] = []
 
     def __deepcopy__(self, memo):  # keras-tuner deep-copies callbacks
         return self
 
+    @property
+    def epochs(self) -> int:
+        return len(self.epoch_ends)
+
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs += 1
+        self.epoch_ends.append(time.perf_counter())
         self.observers.epoch_ended(self.trial_id, epoch, dict(logs or {}))
 
 
@@ -243,7 +247,11 @@ class SweepTuner(kt.Tuner):
     def _outcome(self, trial) -> TrialOutcome:
         seconds = time.perf_counter() - self._started.pop(trial.trial_id, time.perf_counter())
         reporter = self._reporters.pop(trial.trial_id, None)
-        epochs = reporter.epochs if reporter else 0
+        ends = reporter.epoch_ends if reporter else []
+        epochs = len(ends)
+        # steady state: from the end of the first epoch (tracing, warm-up) to the last
+        steady = (self._train_images * (epochs - 1) / (ends[-1] - ends[0]) if epochs > 1
+                  else self._train_images * epochs / seconds if seconds else 0.0)
         completed = trial.status == TrialStatus.COMPLETED
         reason = None if completed else _last_line(trial.message)
         return TrialOutcome(
@@ -254,7 +262,7 @@ class SweepTuner(kt.Tuner):
             best_val_accuracy=best_metric(trial, "val_accuracy") if completed else None,
             epochs_run=epochs,
             train_seconds=seconds,
-            images_per_second=self._train_images * epochs / seconds if seconds else 0.0,
+            images_per_second=steady,
             rss_mb=psutil.Process().memory_info().rss / 2**20,
         )
 
