@@ -96,9 +96,13 @@ def check_spec(spec: ExportSpec) -> None:
     if spec.directory.exists() and not spec.directory.is_dir():
         raise UserError(f"export.dir {spec.directory} is a file, not a folder; "
                         "choose another export.dir")
-    if spec.directory.exists() and any(spec.directory.iterdir()) and not spec.overwrite:
-        raise UserError(f"export.dir {spec.directory} exists and is not empty; "
-                        "use export.overwrite=true or another export.dir")
+    if spec.directory.exists() and any(spec.directory.iterdir()):
+        if not spec.overwrite:
+            raise UserError(f"export.dir {spec.directory} exists and is not empty; "
+                            "use export.overwrite=true or another export.dir")
+        if not (spec.directory / MANIFEST).exists():  # never wipe a folder we did not write
+            raise UserError(f"export.dir {spec.directory} is not a cnnsearch export (no "
+                            f"{MANIFEST}); export.overwrite only replaces earlier exports")
 
 
 def export_winner(source: ExportSource, spec: ExportSpec) -> dict:

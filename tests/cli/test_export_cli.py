@@ -142,18 +142,18 @@ def test_tflite_float16(swept, tmp_path):
     assert_parity(manifest, ("tflite",))
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("export.model=models:/nope/1", "registered model 'nope' does not exist"),
-    ("export.run=0123456789abcdef0123456789abcdef", "run 0123456789abcdef0123456789abcdef "
-                                                    "is not a cnnsearch sweep"),
-    ("export.format=pdf", "export.format 'pdf' is unknown; choose from keras, saved_model, "
-                          "onnx, tflite or all"),
-    ("export.quantize=int3", "export.quantize 'int3' is unknown"),
-    ("export.opset=19", "export.opset 19 is not supported"),
-])
-def test_a_user_error_is_one_line_and_exit_2(swept, tmp_path, override, expected):
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["export.model=models:/nope/1"], "registered model 'nope' does not exist"),
+    (["export.run=0123456789abcdef0123456789abcdef"], "run 0123456789abcdef0123456789abcdef "
+                                                      "is not a cnnsearch sweep"),
+    (["export.format=pdf"], "export.format 'pdf' is unknown; choose from keras, saved_model, "
+                            "onnx, tflite or all"),
+    (["export.format=tflite", "export.quantize=int3"], "export.quantize 'int3' is unknown"),
+    (["export.format=onnx", "export.opset=19"], "export.opset 19 is not supported"),
+], ids=["unknown-model", "unknown-run", "unknown-format", "unknown-quantize", "bad-opset"])
+def test_a_user_error_is_one_line_and_exit_2(swept, tmp_path, overrides, expected):
     destination = tmp_path / "out"
-    done = cnnsearch("export", override, f"export.dir={destination}",
+    done = cnnsearch("export", *overrides, f"export.dir={destination}",
                      f"paths.root={swept.root}")
     assert done.returncode == 2
     assert expected in error_line(done)

@@ -130,7 +130,7 @@ def test_an_unknown_format_is_one_line_naming_the_choices(value):
 
 
 def test_check_spec_refuses_a_non_empty_destination_without_overwrite(tmp_path):
-    (tmp_path / "old.txt").write_text("previous export")
+    (tmp_path / "manifest.json").write_text("{}")   # a previous export
     with pytest.raises(UserError) as error:
         check_spec(ExportSpec(("keras",), tmp_path))
     message = _one_line(error)
@@ -140,6 +140,14 @@ def test_check_spec_refuses_a_non_empty_destination_without_overwrite(tmp_path):
     check_spec(ExportSpec(("keras",), tmp_path / "new"))       # not there yet
     (tmp_path / "empty").mkdir()
     check_spec(ExportSpec(("keras",), tmp_path / "empty"))     # there but empty
+
+
+def test_overwrite_never_wipes_a_folder_that_is_not_an_export(tmp_path):
+    (tmp_path / "mlflow.db").write_text("someone's results")
+    with pytest.raises(UserError) as error:
+        check_spec(ExportSpec(("keras",), tmp_path, overwrite=True))
+    assert "not a cnnsearch export" in _one_line(error)
+    assert (tmp_path / "mlflow.db").exists()
 
 
 def test_check_spec_refuses_a_destination_that_is_a_file(tmp_path):
@@ -321,6 +329,7 @@ def test_overwrite_replaces_the_whole_destination(tmp_path, source):
     destination = tmp_path / "sweep-1"
     destination.mkdir()
     (destination / "stale.onnx").write_text("from an older export")
+    (destination / "manifest.json").write_text("{}")
     with pytest.raises(UserError, match="export.overwrite=true"):
         export_winner(source, ExportSpec(("keras",), destination))
     assert (destination / "stale.onnx").exists()

@@ -164,7 +164,7 @@ def test_tracking_none_sweeps_without_mlflow(cli_in_process, tmp_path):
     root = tmp_path / "out"
     code, out, err = cli_in_process("sweep", f"paths.root={root}", "tracking=none",
                                     "experiment=quick", "tuner.max_trials=1", "training.epochs=1",
-                                    "data.limit=200", "final_fit.enabled=false")
+                                    "data.limit=200")
     assert code == 0, err[-3000:]
     assert "val accuracy" in out
     (sweep_dir,) = (root / "sweeps").iterdir()
