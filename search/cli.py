@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"cnnsearch-{command}", *argv[1:]]
     try:
         _hydra_app(command)()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the open MLflow runs are already KILLED
+        print("cnnsearch: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:  # noqa: BLE001 - sorted into user errors and bugs below
         message = _user_message(error)
         if message is None:

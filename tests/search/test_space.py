@@ -67,8 +67,14 @@ def test_every_block_count_of_every_preset_gives_a_matching_candidate(path):
 # -- declare ------------------------------------------------------------------------
 
 
+# A fixed 3-block space, so these tests do not move when a preset is retuned.
+THREE_BLOCKS = {"num_blocks": [1, 2, 3], "filters": [16, 32, 64], "kernel_size": [3, 5],
+                "dense_units": [0, 64, 128], "batch_norm": [False, True],
+                "learning_rate": {"min": 0.0003, "max": 0.01, "sampling": "log"}}
+
+
 def test_default_names_defaults_and_conditions():
-    space = _space()
+    space = _space(**THREE_BLOCKS)
     hp = kt.HyperParameters()
     values = space.declare(hp)
     by_name = {h.name: h for h in hp.space}
@@ -98,7 +104,7 @@ def test_default_names_defaults_and_conditions():
 
 
 def test_one_block_has_no_values_for_blocks_two_and_three():
-    space = _space()
+    space = _space(**THREE_BLOCKS)
     hp = kt.HyperParameters()
     space.declare(hp)
     hp.values["num_blocks"] = 3

@@ -33,7 +33,8 @@ from tests.conftest import replace
      ["tuner=grid", "search_space.learning_rate"]),
     ({"space": {"pooling": ["median"]}}, ["search_space.pooling", "median", "max, avg, sum"]),
     ({"space": {"filterz": [8]}}, ["filterz", "allowed"]),
-])
+], ids=["epochs=0", "batch_size=0", "max_trials=0", "unknown-tuner", "objective=val_f1",
+        "grid-unstepped-float", "grid-log-range", "pooling=median", "unknown-key"])
 def test_bad_values_are_one_line_user_errors_before_any_work(make_spec, small_space, tmp_path,
                                                              changes, words):
     spec = make_spec({**small_space, **changes.pop("space", {})})

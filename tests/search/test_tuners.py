@@ -57,7 +57,7 @@ def failing_build(monkeypatch):
 # -- feasibility filter ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tuner", ["random", "grid"])
+@pytest.mark.parametrize("tuner", ["random", pytest.param("grid", marks=pytest.mark.slow)])
 def test_infeasible_candidates_are_skipped_not_trained(make_spec, small_space, built, recorder,
                                                       tuner):
     space = {**small_space, **MOSTLY_INFEASIBLE}
@@ -99,11 +99,11 @@ def test_candidates_over_the_parameter_budget_are_skipped(make_spec, small_space
     # layer have fewer than 1,000 parameters (994); the smallest 1-block one has 1,370.
     budget = 1000
     spec = make_spec({**small_space, "max_params": budget}, final_fit=False,
-                     tuner={"max_trials": 2})
+                     tuner={"max_trials": 1})
     result, _ = run_sweep(spec, [recorder])
 
-    assert result.n_completed == 2
-    assert len(built) >= 2   # each trial, plus the reload of the best one
+    assert result.n_completed == 1
+    assert built   # the trial, then the reload of the best model
     assert all(arch.params <= budget for arch in built)
     assert result.params <= budget
     assert result.n_skipped > 0
@@ -166,8 +166,9 @@ def test_consecutive_failures_stop_the_sweep_with_the_last_reason(make_spec, sma
 # -- every tuner ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [
-    "random", "grid", "bayesian", pytest.param("hyperband", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", [   # random is the fast one; ~50 s for all four
+    "random", *(pytest.param(name, marks=pytest.mark.slow)
+                for name in ("grid", "bayesian", "hyperband"))])
 def test_each_tuner_runs_a_tiny_sweep(make_spec, small_space, recorder, name):
     spec = make_spec(small_space, tuner={"name": name, "max_trials": 2, "max_epochs": 2,
                                          "factor": 2})
