@@ -143,13 +143,13 @@ def _allowed_keys(error: BaseException | None) -> str:
 
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    from search.space import KEYS
-
     if not isinstance(error, ConfigAttributeError | ConfigKeyError):
         return ""
     if dataclasses.is_dataclass(error.object_type):
         keys = [f.name for f in dataclasses.fields(error.object_type)]
     elif (error.full_key or "").startswith("search_space."):
+        from search.space import KEYS  # imports Keras: only when needed
+
         keys = [*KEYS, "max_params"]
     else:
         return ""

@@ -33,21 +33,19 @@ report = Console(width=None if Console().is_terminal else 200)   # tables on std
 log = logging.getLogger("cnnsearch")
 
 
-def sweep_spec(cfg: DictConfig) -> SweepSpec:
-    """Turn the composed config into the sweep's typed spec.
-
-    Raises:
-        UserError: when a mandatory value (such as ``data.path``) is missing.
-    """
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise UserError(f"{missing[0]} is required (set it on the command line: {missing[0]}=...)")
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    data = dict(plain["data"])
+def data_spec(data: dict) -> DataSpec:
+    """The ``data`` group (as a plain dict) as a DataSpec."""
+    data = dict(data)
     if data.get("image_size") is not None:
         data["image_size"] = tuple(data["image_size"])
+    return DataSpec(**data)
+
+
+def sweep_spec(cfg: DictConfig) -> SweepSpec:
+    """Turn the composed config into the sweep's typed spec."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
     return SweepSpec(
-        data=DataSpec(**data),
+        data=data_spec(plain["data"]),
         search_space=plain["search_space"],
         tuner=TunerSpec(**plain["tuner"]),
         training=TrainingSpec(**plain["training"]),
@@ -64,7 +62,7 @@ def sweep_spec(cfg: DictConfig) -> SweepSpec:
 def tracking_spec(cfg: DictConfig) -> TrackingSpec:
     """The ``tracking`` group as plain values."""
     plain = OmegaConf.to_container(cfg.tracking, resolve=True)
-    if plain["mode"] == "server" and OmegaConf.is_missing(cfg.tracking, "uri"):
+    if plain["mode"] == "server" and not plain["uri"]:
         raise UserError("tracking=server needs tracking.uri=http://host:port")
     return TrackingSpec(**plain, root=cfg.paths.root)
 
@@ -191,10 +189,7 @@ def export_command(cfg: DictConfig) -> dict:
         import models  # noqa: F401 - registers SumPooling2D
 
         model = keras.saving.load_model(source_uri)
-    data_cfg = dict(config["data"])
-    if data_cfg.get("image_size") is not None:
-        data_cfg["image_size"] = tuple(data_cfg["image_size"])
-    data = load_dataset(DataSpec(**data_cfg), config["seed"])
+    data = load_dataset(data_spec(config["data"]), config["seed"])
     source = ExportSource(model, data.x_test[:256], data.class_names, source_uri, run_id,
                           test_accuracy)
     manifest = export_winner(source, spec)
