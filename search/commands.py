@@ -5,6 +5,7 @@ This is the edge where the DictConfig stops; everything below takes plain values
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -96,14 +97,12 @@ def results_command(cfg: DictConfig) -> pd.DataFrame:
     tracking = tracking_spec(cfg)
     if not tracking.enabled:
         raise UserError("cnnsearch results reads MLflow; it cannot work with tracking=none")
-    name = cfg.results.experiment or tracking.experiment
-    if (tracking.mode == "local" and not tracking.uri
-            and not (tracking.store_dir / "mlflow.db").exists()):  # read only: create nothing
+    if not tracking.store_exists:  # read only: create nothing
         raise UserError(f"no sweep yet: there is no MLflow store in {tracking.store_dir}; "
                         "run `cnnsearch sweep` first")
-    client = open_store(TrackingSpec(**{**tracking.__dict__, "experiment": name}))
-    exp_id = experiment_id(client, TrackingSpec(**{**tracking.__dict__, "experiment": name}),
-                           create=False)
+    name = cfg.results.experiment or tracking.experiment
+    client = open_store(tracking)
+    exp_id = experiment_id(client, dataclasses.replace(tracking, experiment=name), create=False)
     if exp_id is None:
         raise UserError(f"no sweep yet: MLflow experiment {name!r} does not exist in "
                         f"{tracking.tracking_uri}")
@@ -164,8 +163,7 @@ def export_command(cfg: DictConfig) -> dict:
         from tracking.store import experiment_id, open_store
         from tracking.winner import find_winner, load_model, log_export
 
-        if tracking.mode == "local" and not tracking.uri and not (
-                tracking.store_dir / "mlflow.db").exists():  # don't create an empty store
+        if not tracking.store_exists:  # read only: create nothing
             raise UserError(f"no finished sweep to export yet: no MLflow store in "
                             f"{tracking.store_dir}; run `cnnsearch sweep` first")
         client = open_store(tracking)

@@ -54,6 +54,11 @@ class TrackingSpec:
         return self.uri or f"sqlite:///{self.store_dir / 'mlflow.db'}"
 
     @property
+    def store_exists(self) -> bool:
+        """False for a local store not created yet (readers must not create it)."""
+        return self.mode != "local" or bool(self.uri) or (self.store_dir / "mlflow.db").exists()
+
+    @property
     def artifact_location(self) -> str | None:
         """Artifacts beside a local store; a server decides its own."""
         return (self.store_dir / "artifacts").as_uri() if self.mode == "local" else None
