@@ -43,23 +43,9 @@ def ours(params: dict, tracking: str) -> dict:
 
 def keras_tuner(params: dict) -> dict:
     """Plain keras-tuner RandomSearch over the default space (worker)."""
-    import keras
-
     from benchmarks import variants
 
-    data = variants.digits(params["seed"])
-    keras.utils.set_random_seed(params["seed"])
-    hypermodel = variants.PlainHyperModel(variants.default_space(), data.input_shape,
-                                          data.num_classes)
-    tuner = variants.PlainRandomSearch(
-        hypermodel, objective="val_accuracy", max_trials=params["trials"],
-        seed=params["seed"], directory=variants.workdir(params, "tuner"),
-        project_name="baseline", overwrite=True)
-    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                         patience=params["patience"])
-    tuner.search(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-                 epochs=params["epochs"], batch_size=params["batch_size"], callbacks=[stop],
-                 verbose=0)
+    _, tuner = variants.run_plain_search(params, max_trials=params["trials"])
     return {"rss_mb": [r["rss_mb"] for r in tuner.records],
             "status": [r["status"] for r in tuner.records]}
 

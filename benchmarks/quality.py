@@ -71,23 +71,10 @@ def ours(params: dict, tuner: str) -> dict:
 
 def keras_tuner(params: dict) -> dict:
     """Plain keras-tuner RandomSearch with the same budget rule (worker)."""
-    import keras
-
     from benchmarks import variants
 
-    data = variants.digits(params["seed"])
-    keras.utils.set_random_seed(params["seed"])
-    hypermodel = variants.PlainHyperModel(variants.default_space(), data.input_shape,
-                                          data.num_classes)
-    tuner = variants.PlainRandomSearch(
-        hypermodel, objective="val_accuracy", max_trials=100000, seed=params["seed"],
-        max_seconds=params["budget"], directory=variants.workdir(params, "tuner"),
-        project_name="baseline", overwrite=True)
-    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                         patience=params["patience"])
-    tuner.search(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
-                 epochs=params["epochs"], batch_size=params["batch_size"], callbacks=[stop],
-                 verbose=0)
+    data, tuner = variants.run_plain_search(params, max_trials=100000,
+                                            max_seconds=params["budget"])
     records = tuner.records
     search_seconds = records[-1]["ended"] if records else 0.0
     test_accuracy = variants.final_fit_and_test(tuner, data, params["batch_size"])

@@ -339,3 +339,24 @@ def workdir(params: dict, name: str) -> str:
     path = Path(params["workdir"]) / name
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def run_plain_search(params: dict, max_trials: int, max_seconds: float | None = None):
+    """Plain keras-tuner RandomSearch over the default space on digits, early stopping on.
+
+    Returns:
+        The data set and the finished tuner (its ``records`` hold one row per trial).
+    """
+    data = digits(params["seed"])
+    keras.utils.set_random_seed(params["seed"])
+    hypermodel = PlainHyperModel(default_space(), data.input_shape, data.num_classes)
+    tuner = PlainRandomSearch(
+        hypermodel, objective="val_accuracy", max_trials=max_trials, seed=params["seed"],
+        max_seconds=max_seconds, directory=workdir(params, "tuner"),
+        project_name="baseline", overwrite=True)
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                         patience=params["patience"])
+    tuner.search(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
+                 epochs=params["epochs"], batch_size=params["batch_size"], callbacks=[stop],
+                 verbose=0)
+    return data, tuner
