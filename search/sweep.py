@@ -163,7 +163,7 @@ def _prepare_directory(spec: SweepSpec) -> Path:
 
 def _search(tuner: SweepTuner, data: Dataset, training: TrainingSpec) -> str | None:
     """Run the search; returns why it stopped early, or None."""
-    callbacks = [keras.callbacks.TerminateOnNaN()]
+    callbacks = []
     if training.early_stopping_patience:
         objective = tuner.oracle.objective
         callbacks.append(keras.callbacks.EarlyStopping(

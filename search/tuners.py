@@ -3,13 +3,14 @@
 * Oracles draw candidates as usual, but an infeasible or over-budget candidate is
   counted and replaced by another draw: it never becomes a trial, so it neither
   uses up ``max_trials`` nor counts as a failure.
-* The tuner turns a NaN loss into a failed trial, releases memory after every
-  trial and reports each trial and epoch to the sweep's observers.
+* The tuner turns a NaN loss into a failed trial (checked at epoch end, so no
+  callback has per-batch hooks and Keras keeps its asynchronous batch dispatch) and
+  reports each trial and epoch to the sweep's observers. keras-tuner itself clears
+  the Keras session before building each trial's model.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import keras
 import keras_tuner as kt
 import psutil
+from keras_tuner.src.engine.tuner_utils import TunerCallback  # no public alias
 
 from search.errors import UserError
 from search.events import Observers, TrialOutcome
@@ -173,7 +175,10 @@ def _grid(space: kt.HyperParameters) -> Iterator[dict]:
 
 
 class _EpochReporter(keras.callbacks.Callback):
-    """Forwards each epoch's logs to the observers; shared, not copied, per trial."""
+    """Forwards each epoch's logs to the observers and stops training on a NaN loss.
+
+    Shared, not copied, per trial.
+    """
 
     def __init__(self, observers: Observers, trial_id: str) -> None:
         super().__init__()
@@ -189,11 +194,14 @@ class _EpochReporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_ends.append(time.perf_counter())
-        self.observers.epoch_ended(self.trial_id, epoch, dict(logs or {}))
+        logs = dict(logs or {})
+        if not math.isfinite(logs.get("loss", 0.0)):
+            self.model.stop_training = True  # run_trial turns it into a failed trial
+        self.observers.epoch_ended(self.trial_id, epoch, logs)
 
 
 class SweepTuner(kt.Tuner):
-    """``kt.Tuner`` with NaN-as-failure, memory release and observer events."""
+    """``kt.Tuner`` with NaN-as-failure, asynchronous batch dispatch and observer events."""
 
     def __init__(self, oracle, hypermodel: CNNHyperModel, observers: Observers,
                  max_seconds: float | None = None, **kwargs) -> None:
@@ -223,17 +231,22 @@ class SweepTuner(kt.Tuner):
         reporter = _EpochReporter(self.observers, trial.trial_id)
         self._reporters[trial.trial_id] = reporter
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), reporter]
-        try:
-            histories = super().run_trial(trial, *args, **kwargs)
-            for history in histories if isinstance(histories, list) else [histories]:
-                losses = getattr(history, "history", {}).get("loss", [])
-                bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
-                if bad:
-                    raise kt.errors.FailedTrialError(f"loss became NaN at epoch {bad[0]}")
-            return histories
-        finally:
-            keras.backend.clear_session()
-            gc.collect()
+        histories = super().run_trial(trial, *args, **kwargs)
+        for history in histories if isinstance(histories, list) else [histories]:
+            losses = getattr(history, "history", {}).get("loss", [])
+            bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+            if bad:
+                raise kt.errors.FailedTrialError(f"loss became NaN at epoch {bad[0]}")
+        return histories
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        # keras-tuner's own callback has per-batch hooks that do nothing unless a
+        # subclass overrides Tuner.on_batch_*; declaring it async-safe lets Keras
+        # dispatch batches asynchronously (a bare model.fit's speed).
+        for callback in kwargs.get("callbacks", []):
+            if isinstance(callback, TunerCallback):
+                callback.async_safe = True
+        return super()._build_and_fit_model(trial, *args, **kwargs)
 
     def on_trial_end(self, trial):
         try:

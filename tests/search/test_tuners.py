@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import keras
 import pytest
 
 import search.hypermodel
@@ -146,6 +147,26 @@ def test_failed_builds_and_nan_losses_fail_their_trials_only(make_spec, small_sp
             assert math.isfinite(outcome.score)
     assert result.best_values["block1_filters"] == 16
     assert result.best_values["learning_rate"] == 0.003
+
+
+def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, monkeypatch):
+    # A callback with per-batch hooks makes Keras wait for every batch (slower than a
+    # bare fit); the trial's callbacks (keras-tuner's, early stopping, ours) must not.
+    dispatch = []
+
+    class RecordingHyperModel(CNNHyperModel):
+        def fit(self, hp, model, *args, **kwargs):
+            callbacks = keras.callbacks.CallbackList(kwargs["callbacks"], model=model)
+            dispatch.append(callbacks._async_train)
+            from keras.src import utils as U; print([(type(c).__name__, getattr(c,"async_safe",False), U.is_default(c.on_batch_end), U.is_default(c.on_train_batch_end)) for c in callbacks.callbacks])
+            return super().fit(hp, model, *args, **kwargs)
+
+    monkeypatch.setattr(search.sweep, "CNNHyperModel", RecordingHyperModel)
+    spec = make_spec(small_space, training={"early_stopping_patience": 2}, final_fit=False)
+    result, _ = run_sweep(spec, [])
+
+    assert result.n_completed == 2
+    assert dispatch == [True, True]
 
 
 def test_consecutive_failures_stop_the_sweep_with_the_last_reason(make_spec, small_space,
