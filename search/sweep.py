@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -127,7 +128,13 @@ def run_sweep(spec: SweepSpec, observers: list | None = None,
             max_trials=None if spec.tuner.name == "hyperband" else spec.tuner.max_trials,
             resumed=bool(tuner.oracle.trials)))
         result = SweepResult(name=spec.sweep_name, directory=str(directory))
-        result.stopped_reason = _search(tuner, data, spec.training)
+        # Every object alive now (modules, data, observers) outlives the search; frozen,
+        # the full collection keras-tuner runs before each trial skips them (~0.2 s).
+        gc.freeze()
+        try:
+            result.stopped_reason = _search(tuner, data, spec.training)
+        finally:
+            gc.unfreeze()
         _count(tuner, result)
         model = _final_model(tuner, data, spec, result)
         result.seconds = time.perf_counter() - started

@@ -6,10 +6,12 @@ import json
 import math
 
 import keras
+import keras_tuner as kt
 import pytest
 
 import search.hypermodel
 import search.sweep
+import search.tuners
 from search.errors import UserError
 from search.hypermodel import CNNHyperModel
 from search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
@@ -150,15 +152,18 @@ def test_failed_builds_and_nan_losses_fail_their_trials_only(make_spec, small_sp
 
 
 def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, monkeypatch):
-    # A callback with per-batch hooks makes Keras wait for every batch (slower than a
-    # bare fit); the trial's callbacks (keras-tuner's, early stopping, ours) must not.
+    # A callback with per-batch hooks makes Keras wait for every batch where the backend
+    # dispatches asynchronously (JAX, torch); the trial's callbacks (keras-tuner's, early
+    # stopping, ours) must not have any. TensorFlow never dispatches asynchronously, so
+    # the check asks what Keras would decide on a thread-safe backend.
     dispatch = []
 
     class RecordingHyperModel(CNNHyperModel):
         def fit(self, hp, model, *args, **kwargs):
-            callbacks = keras.callbacks.CallbackList(kwargs["callbacks"], model=model)
+            with monkeypatch.context() as patch:
+                patch.setattr(keras.src.backend, "IS_THREAD_SAFE", True)
+                callbacks = keras.callbacks.CallbackList(kwargs["callbacks"], model=model)
             dispatch.append(callbacks._async_train)
-            from keras.src import utils as U; print([(type(c).__name__, getattr(c,"async_safe",False), U.is_default(c.on_batch_end), U.is_default(c.on_train_batch_end)) for c in callbacks.callbacks])
             return super().fit(hp, model, *args, **kwargs)
 
     monkeypatch.setattr(search.sweep, "CNNHyperModel", RecordingHyperModel)
@@ -167,6 +172,26 @@ def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, m
 
     assert result.n_completed == 2
     assert dispatch == [True, True]
+
+
+def test_the_best_epoch_checkpoint_is_written_once_with_the_best_weights(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = tmp_path / "checkpoint.weights.h5"
+    checkpoint = search.tuners._BestEpochInMemory(kt.Objective("val_accuracy", "max"),
+                                                  str(path))
+    checkpoint.set_model(model)
+    best = model.get_weights()
+    checkpoint.on_epoch_end(0, {"val_accuracy": 0.9})
+    model.set_weights([w + 1 for w in best])
+    checkpoint.on_epoch_end(1, {"val_accuracy": 0.5})
+    assert not path.exists()
+
+    checkpoint.on_train_end()
+
+    last = model.get_weights()
+    assert all((a == b + 1).all() for a, b in zip(last, best, strict=True))  # untouched
+    model.load_weights(path)
+    assert all((a == b).all() for a, b in zip(model.get_weights(), best, strict=True))
 
 
 def test_consecutive_failures_stop_the_sweep_with_the_last_reason(make_spec, small_space,
