@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -256,7 +257,11 @@ class SweepTuner(kt.Tuner):
         reporter = _EpochReporter(self.observers, trial.trial_id)
         self._reporters[trial.trial_id] = reporter
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), reporter]
-        histories = super().run_trial(trial, *args, **kwargs)
+        registered = _custom_gradients()
+        try:
+            histories = super().run_trial(trial, *args, **kwargs)
+        finally:
+            _forget_custom_gradients(keep=registered)
         for history in histories if isinstance(histories, list) else [histories]:
             losses = getattr(history, "history", {}).get("loss", [])
             bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
@@ -352,6 +357,32 @@ def make_tuner(spec: TunerSpec, hypermodel: CNNHyperModel, observers: Observers,
                        directory=directory,
                        project_name=project_name, overwrite=overwrite,
                        executions_per_trial=spec.executions_per_trial)
+
+
+def _custom_gradients() -> set[str]:
+    """Names in TensorFlow's gradient registry made by ``tf.custom_gradient``."""
+    registry = _gradient_registry()
+    return {name for name in registry if name.startswith("CustomGradient-")}
+
+
+def _forget_custom_gradients(keep: set[str]) -> None:
+    """Unregister the custom gradients a finished trial's training traced.
+
+    Keras 3's TensorFlow optimizer registers a ``tf.custom_gradient`` (an all-reduce)
+    in TensorFlow's global registry at every trace of a train step, and nothing ever
+    unregisters it: each trial's whole train graph stays reachable, ~10 MB a trial
+    (tensorflow/tensorflow#80895, keras-team/keras#20245). The trial's model is
+    gone after the trial, so its entries are dead weight.
+    """
+    registry = _gradient_registry()
+    for name in _custom_gradients() - keep:
+        del registry[name]
+
+
+def _gradient_registry() -> dict:
+    # Only where TensorFlow is already loaded (its backend): search/ never imports it.
+    ops = sys.modules.get("tensorflow.python.framework.ops")
+    return getattr(getattr(ops, "_gradient_registry", None), "_registry", {})
 
 
 def best_metric(trial, metric: str) -> float | None:

@@ -194,6 +194,23 @@ def test_the_best_epoch_checkpoint_is_written_once_with_the_best_weights(tmp_pat
     assert all((a == b).all() for a, b in zip(model.get_weights(), best, strict=True))
 
 
+def test_trials_leave_no_graph_behind_in_tensorflows_gradient_registry(make_spec, small_space):
+    # Keras' TF optimizer registers a custom gradient per traced train step and TF never
+    # drops it, which kept every trial's graph alive (~10 MB a trial).
+    ops = pytest.importorskip("tensorflow.python.framework.ops")
+
+    def custom_gradients() -> set[str]:
+        return {name for name in ops._gradient_registry._registry
+                if name.startswith("CustomGradient-")}
+
+    before = custom_gradients()
+    spec = make_spec(small_space, tuner={"max_trials": 3}, final_fit=False)
+    result, _ = run_sweep(spec, [])
+
+    assert result.n_completed == 3
+    assert custom_gradients() == before
+
+
 def test_consecutive_failures_stop_the_sweep_with_the_last_reason(make_spec, small_space,
                                                                   failing_build, recorder):
     failing_build(lambda arch: True)
