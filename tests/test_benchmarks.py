@@ -106,6 +106,17 @@ def test_costs_tiny(tmp_path):
         assert finite(record["seconds"], record["bytes"]) and record["parity_ok"]
 
 
+@pytest.mark.slow
+def test_profile_tiny(tmp_path):
+    payload = run_tiny("profile", tmp_path)
+    for variant in ("baseline", "none", "local"):
+        hotspots = payload["summary"][variant]
+        assert hotspots["model.fit"] > 0 and finite(*hotspots.values())
+        assert (tmp_path / "profiles" / f"{variant}.prof").stat().st_size > 0
+    assert payload["summary"]["local"]["MLflow recorder, per-trial events"] > 0
+    assert payload["summary"]["none"]["MLflow recorder, per-trial events"] == 0
+
+
 def test_every_benchmark_has_a_test():
-    tested = {"overhead", "throughput", "quality", "memory", "costs"}
+    tested = {"overhead", "throughput", "quality", "memory", "costs", "profile"}
     assert set(NAMES) == tested
