@@ -270,12 +270,15 @@ class SweepTuner(kt.Tuner):
         return histories
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
-        kwargs["callbacks"] = [self._fast(callback, trial.trial_id)
+        kwargs["callbacks"] = [self._lean(callback, trial.trial_id)
                                for callback in kwargs.get("callbacks", [])]
         return super()._build_and_fit_model(trial, *args, **kwargs)
 
-    def _fast(self, callback, trial_id: str):
-        """keras-tuner's own callbacks, made as cheap as a bare fit's."""
+    def _lean(self, callback, trial_id: str):
+        """keras-tuner's own callbacks, made as cheap as a bare fit's.
+
+        No weights written at every improving epoch, no forced wait per batch.
+        """
         if type(callback) is SaveBestEpoch:  # one per trial, shared by its executions
             if trial_id not in self._checkpoints:
                 self._checkpoints[trial_id] = _BestEpochInMemory(callback.objective,
