@@ -303,10 +303,17 @@ class PlainRandomSearch(kt.RandomSearch):
         self.max_seconds = max_seconds
         self.started = 0.0
         self.records: list[dict] = []
+        self._epochs: dict[str, int] = {}
 
     def search(self, *args, **kwargs):
         self.started = time.perf_counter()
         return super().search(*args, **kwargs)
+
+    def run_trial(self, trial, *args, **kwargs):
+        # keras-tuner keeps one observation per metric (the best epoch's), not one per epoch
+        histories = super().run_trial(trial, *args, **kwargs)
+        self._epochs[trial.trial_id] = max(len(h.history.get("loss", [])) for h in histories)
+        return histories
 
     def on_trial_end(self, trial) -> None:
         super().on_trial_end(trial)
@@ -316,7 +323,7 @@ class PlainRandomSearch(kt.RandomSearch):
             "trial_id": trial.trial_id, "status": str(trial.status).lower(), "ended": elapsed,
             "best_val_accuracy": (float(metrics.get_best_value("val_accuracy"))
                                   if metrics.exists("val_accuracy") else None),
-            "epochs_run": len(metrics.get_history("loss")) if metrics.exists("loss") else 0,
+            "epochs_run": self._epochs.pop(trial.trial_id, 0),
             "rss_mb": psutil.Process().memory_info().rss / 2**20,
         })
         if self.max_seconds is not None and elapsed >= self.max_seconds:
