@@ -12,6 +12,7 @@ rows, not these totals with the overhead table. The full profiles are kept as
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from benchmarks import common
@@ -60,7 +61,7 @@ def profiled(params: dict, variant: str) -> dict:
             "hotspots": hotspots}
 
 
-WORKERS = {variant: (lambda v: lambda p: profiled(p, v))(variant) for variant in VARIANTS}
+WORKERS = {variant: functools.partial(profiled, variant=variant) for variant in VARIANTS}
 
 
 def build_parser() -> argparse.ArgumentParser:
