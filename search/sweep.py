@@ -6,6 +6,7 @@ import gc
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "sweep.json"
 BEST_MODEL_FILE = "best_model.keras"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def validate(spec: SweepSpec) -> SearchSpace:
         UserError: naming the first bad key.
     """
     space = SearchSpace.from_config(spec.search_space)
+    check_sweep_name(spec.name)
     spec.tuner.validate()
     training = spec.training
     if training.epochs < 1:
@@ -90,6 +93,17 @@ def validate(spec: SweepSpec) -> SearchSpace:
                 raise UserError(f"tuner=grid needs a finite space: give search_space."
                                 f"{dim.name} a step or a list")
     return space
+
+
+def check_sweep_name(name: str | None) -> None:
+    """A sweep name is one plain folder name, so its folder stays under ``paths.root``.
+
+    Raises:
+        UserError: for a path (``/tmp/x``, ``../x``, ``a/b``) or an odd character.
+    """
+    if name is not None and not NAME_PATTERN.fullmatch(str(name)):
+        raise UserError(f"sweep.name must be a plain folder name (letters, digits, '.', '_', "
+                        f"'-'; at most 128, not starting with '.'), got {name!r}")
 
 
 def run_sweep(spec: SweepSpec, observers: list | None = None,
@@ -150,22 +164,39 @@ def run_sweep(spec: SweepSpec, observers: list | None = None,
 
 
 def _prepare_directory(spec: SweepSpec) -> Path:
-    """Create (or check, on resume) the sweep's folder and its recorded space hash."""
+    """Create (or check, on resume) the sweep's folder and its recorded space hash.
+
+    The state file, written first, marks a folder as cnnsearch's: a fresh start
+    (``sweep.resume=false``) empties only such a folder, and a non-empty folder
+    without it is refused, never touched.
+    """
     directory = spec.directory
-    state = directory / STATE_FILE
-    if state.exists() and spec.resume:
-        recorded = json.loads(state.read_text()).get("space_hash")
-        if recorded != spec.space_hash:
+    state = _read_state(directory)
+    if state is None and directory.exists() and any(directory.iterdir()):
+        raise UserError(f"{directory} exists and is not a cnnsearch sweep folder; nothing was "
+                        "changed there: choose another sweep.name or paths.root")
+    if state is not None and spec.resume:
+        if state.get("space_hash") != spec.space_hash:
             raise UserError(
                 f"sweep {spec.sweep_name!r} in {directory} was started with a different "
                 "search space or data set; use sweep.resume=false to start it afresh or "
                 "sweep.name=<new name> for a new sweep")
-    elif directory.exists() and not spec.resume:
+    elif state is not None:
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"name": spec.sweep_name, "space_hash": spec.space_hash,
-                                 "config": spec.config}, indent=2, default=str))
+    (directory / STATE_FILE).write_text(json.dumps(
+        {"name": spec.sweep_name, "space_hash": spec.space_hash, "config": spec.config},
+        indent=2, default=str))
     return directory
+
+
+def _read_state(directory: Path) -> dict | None:
+    """The folder's state file if cnnsearch wrote it (it names the folder), else None."""
+    try:
+        state = json.loads((directory / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and state.get("name") == directory.name else None
 
 
 def _search(tuner: SweepTuner, data: Dataset, training: TrainingSpec) -> str | None:

@@ -33,6 +33,8 @@ BAD_INPUTS = {
     "training.epochs": ["sweep", "training.epochs=0"],
     "tuner.objective": ["sweep", "tuner.objective=val_f1"],
     "unknown command": ["frobnicate"],
+    "sweep.name absolute": ["sweep", "sweep.name=/etc/passwd"],
+    "sweep.name traversal": ["sweep", "sweep.name=../../x", "sweep.resume=false"],
 }
 NAMED = {  # label -> what its one-line error must name: the key, the bad value, choices
     "training.epochz=3": ["epochz", "allowed keys", "epochs"],
@@ -49,6 +51,8 @@ NAMED = {  # label -> what its one-line error must name: the key, the bad value,
     "training.epochs": ["training.epochs", ">= 1"],
     "tuner.objective": ["tuner.objective", "val_f1", "val_accuracy"],
     "unknown command": ["frobnicate", "sweep"],
+    "sweep.name absolute": ["sweep.name", "plain folder name"],
+    "sweep.name traversal": ["sweep.name", "../../x", "plain folder name"],
 }
 
 
@@ -163,6 +167,17 @@ def test_bad_input_through_the_console_script(cnnsearch, cli_env, tmp_path, labe
     out = _run(cnnsearch, *BAD_INPUTS[label], f"paths.root={root}", env=cli_env, cwd=tmp_path)
     _check_one_line_error(out.returncode, out.stdout, out.stderr, root, label)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_named_after_a_users_folder_deletes_nothing(cnnsearch, cli_env, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me")
+    root = tmp_path / "out"
+    out = _run(cnnsearch, "sweep", f"sweep.name={victim}", "sweep.resume=false", *QUICK,
+               f"paths.root={root}", env=cli_env, cwd=tmp_path)
+    _check_one_line_error(out.returncode, out.stdout, out.stderr, root, "sweep.name absolute")
+    assert (victim / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.slow

@@ -58,6 +58,37 @@ def test_grid_accepts_stepped_float_and_integer_ranges(make_spec, small_space):
 # -- naming and resume ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["/tmp/victim", "../../x", "a/b", "..", ".hidden", "", "x y",
+                                  "a" * 129])
+def test_a_sweep_name_that_is_not_a_plain_folder_name_is_refused(make_spec, tmp_path, name):
+    with pytest.raises(UserError, match="sweep.name must be a plain folder name") as info:
+        run_sweep(make_spec(name=name))
+    assert repr(name) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_folder_cnnsearch_did_not_create_is_never_touched(make_spec, tmp_path, resume):
+    victim = tmp_path / "sweeps" / "victim"
+    victim.mkdir(parents=True)
+    (victim / "thesis.tex").write_text("years of work")
+    (victim / STATE_FILE).write_text('{"name": "someone else"}')
+    with pytest.raises(UserError, match="not a cnnsearch sweep folder"):
+        run_sweep(make_spec(name="victim", resume=resume))
+    assert sorted(p.name for p in victim.iterdir()) == [STATE_FILE, "thesis.tex"]
+    assert (victim / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_fresh_start_empties_only_its_own_sweep_folder(make_spec, tmp_path):
+    spec = make_spec(name="mine", tuner={"max_trials": 1}, final_fit=False)
+    run_sweep(spec)
+    leftover = tmp_path / "sweeps" / "mine" / "old.txt"
+    leftover.write_text("from the first run")
+    run_sweep(replace(spec, resume=False))
+    assert not leftover.exists()
+    assert (tmp_path / "sweeps" / "mine" / STATE_FILE).exists()
+
+
 def test_resume_runs_only_the_missing_trials(make_spec, recorder):
     spec = make_spec(tuner={"max_trials": 2}, final_fit=False)
     first, _ = run_sweep(spec, [recorder])
