@@ -31,10 +31,10 @@ def export(params: dict) -> dict:
     import keras
 
     from benchmarks import variants
-    from models.architecture import Architecture, Block, Head
-    from models.cnn import build_model, compile_model
-    from models.export import FORMATS, missing_packages
-    from search.export import ExportSource, ExportSpec, export_winner
+    from cnnsearch.models.architecture import Architecture, Block, Head
+    from cnnsearch.models.cnn import build_model, compile_model
+    from cnnsearch.models.export import FORMATS, missing_packages
+    from cnnsearch.search.export import ExportSource, ExportSpec, export_winner
 
     data = variants.digits(params["seed"])
     keras.utils.set_random_seed(params["seed"])

@@ -28,8 +28,8 @@ import psutil
 import yaml
 
 from benchmarks.common import REPO
-from search.data import Dataset, DataSpec, load_dataset
-from search.events import SweepObserver
+from cnnsearch.search.data import Dataset, DataSpec, load_dataset
+from cnnsearch.search.events import SweepObserver
 
 log = logging.getLogger("benchmarks")
 
@@ -135,8 +135,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from search.cli import CONF_DIR
-    from search.config import register_configs
+    from cnnsearch.search.cli import CONF_DIR
+    from cnnsearch.search.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -157,10 +157,10 @@ def run_ours(overrides: list[str], root: str) -> dict:
     """
     from rich.console import Console
 
-    from search.commands import sweep_spec, tracking_spec
-    from search.progress import ProgressDisplay
-    from search.sweep import run_sweep
-    from tracking.runs import MlflowRecorder
+    from cnnsearch.search.commands import sweep_spec, tracking_spec
+    from cnnsearch.search.progress import ProgressDisplay
+    from cnnsearch.search.sweep import run_sweep
+    from cnnsearch.tracking.runs import MlflowRecorder
 
     cfg = compose([*overrides, f"paths.root={root}", "sweep.resume=false"])
     spec, tracking = sweep_spec(cfg), tracking_spec(cfg)
@@ -259,7 +259,7 @@ class PlainHyperModel(kt.HyperModel):
                         sampling=spec.get("sampling", "linear"))
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        from models.layers import SumPooling2D
+        from cnnsearch.models.layers import SumPooling2D
 
         inputs = x = keras.Input(shape=self.input_shape)
         for b in range(self._hp(hp, "num_blocks")):

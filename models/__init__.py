@@ -1,11 +1,11 @@
-"""Pure model code: candidate descriptions, the sum-pooling layer, the Keras builder.
+"""Pure model code: candidate descriptions, sum pooling, the Keras builder.
 
-Importing this package registers ``SumPooling2D`` with Keras, so a saved ``.keras``
-file that uses it loads with ``keras.saving.load_model(path)`` (safe mode on).
+Every model built here uses built-in Keras layers only: a saved ``.keras`` file loads
+with ``keras.saving.load_model(path)`` (safe mode on) where cnnsearch is not installed.
 """
 
-from models.architecture import Architecture, Block, Head
-from models.cnn import build_model, compile_model
-from models.layers import SumPooling2D
+from cnnsearch.models.architecture import Architecture, Block, Head
+from cnnsearch.models.cnn import build_model, compile_model
+from cnnsearch.models.layers import sum_pooling_2d
 
-__all__ = ["Architecture", "Block", "Head", "SumPooling2D", "build_model", "compile_model"]
+__all__ = ["Architecture", "Block", "Head", "build_model", "compile_model", "sum_pooling_2d"]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import keras
 
-from models.architecture import Architecture, Block
-from models.layers import SumPooling2D
+from cnnsearch.models.architecture import Architecture, Block
+from cnnsearch.models.layers import sum_pooling_2d
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 
 _POOLS = {
     "max": keras.layers.MaxPooling2D,
     "avg": keras.layers.AveragePooling2D,
-    "sum": SumPooling2D,
 }
 _HEAD_POOLS = {
     "flatten": keras.layers.Flatten,
@@ -21,7 +20,21 @@ _HEAD_POOLS = {
 }
 
 
-def _block_layers(index: int, block: Block) -> list[keras.layers.Layer]:
+def _block(x, index: int, block: Block):
+    """Apply one block's layers to ``x``."""
+    for layer in _conv_layers(index, block):
+        x = layer(x)
+    if block.pooling == "sum":
+        pool = sum_pooling_2d(x.shape[1:], block.pool_size, padding=block.padding,
+                              name=f"block{index}_pool")
+        x = pool(x)
+    elif block.pooling != "none":
+        x = _POOLS[block.pooling](block.pool_size, padding=block.padding,
+                                  name=f"block{index}_pool")(x)
+    return x
+
+
+def _conv_layers(index: int, block: Block) -> list[keras.layers.Layer]:
     layers: list[keras.layers.Layer] = []
     for i in range(1, block.convs + 1):
         layers.append(keras.layers.Conv2D(
@@ -34,9 +47,6 @@ def _block_layers(index: int, block: Block) -> list[keras.layers.Layer]:
         if block.batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"block{index}_bn{i}"))
         layers.append(keras.layers.Activation(block.activation, name=f"block{index}_act{i}"))
-    if block.pooling != "none":
-        layers.append(_POOLS[block.pooling](
-            block.pool_size, padding=block.padding, name=f"block{index}_pool"))
     return layers
 
 
@@ -54,8 +64,7 @@ def build_model(arch: Architecture) -> keras.Model:
     inputs = keras.Input(shape=arch.input_shape, name="image")
     x = inputs
     for index, block in enumerate(arch.blocks, start=1):
-        for layer in _block_layers(index, block):
-            x = layer(x)
+        x = _block(x, index, block)
     x = _HEAD_POOLS[arch.head.global_pooling](name="head_pool")(x)
     if arch.head.dense_units:
         x = keras.layers.Dense(arch.head.dense_units, activation="relu", name="head_dense")(x)

@@ -78,8 +78,6 @@ def predict_with_runtime(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
     """Load an exported artifact with its own runtime and predict ``x``."""
     x = np.asarray(x, dtype="float32")
     if fmt == "keras":
-        import models  # noqa: F401 - registers SumPooling2D for safe-mode loading
-
         return np.asarray(keras.saving.load_model(path, compile=False).predict(x, verbose=0))
     if fmt == "saved_model":
         import tensorflow as tf

@@ -78,16 +78,16 @@ def _hydra_app(command: str):
     import hydra
     from omegaconf import DictConfig
 
-    from search.config import register_configs
+    from cnnsearch.search.config import register_configs
 
     register_configs()
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
         _configure_logging()
-        from search import commands
-        from search.errors import UserError
-        from tracking.store import TrackingError
+        from cnnsearch.search import commands
+        from cnnsearch.search.errors import UserError
+        from cnnsearch.tracking.store import TrackingError
 
         try:
             getattr(commands, f"{command}_command")(cfg)
@@ -100,7 +100,7 @@ def _hydra_app(command: str):
 def _configure_logging() -> None:
     from rich.logging import RichHandler
 
-    from search.commands import console
+    from cnnsearch.search.commands import console
 
     handler = (RichHandler(console=console, show_path=False) if console.is_terminal
                else logging.StreamHandler(sys.stderr))
@@ -119,7 +119,7 @@ def _user_message(error: Exception) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from search.errors import UserError
+    from cnnsearch.search.errors import UserError
 
     if isinstance(error, UserError):
         return str(error)
@@ -148,7 +148,7 @@ def _allowed_keys(error: BaseException | None) -> str:
     if dataclasses.is_dataclass(error.object_type):
         keys = [f.name for f in dataclasses.fields(error.object_type)]
     elif (error.full_key or "").startswith("search_space."):
-        from search.space import KEYS  # imports Keras: only when needed
+        from cnnsearch.search.space import KEYS  # imports Keras: only when needed
 
         keys = [*KEYS, "max_params"]
     else:

@@ -20,14 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from search.data import DataSpec, load_dataset
-from search.errors import UserError
-from search.events import SweepResult
-from search.hypermodel import TrainingSpec
-from search.progress import ProgressDisplay
-from search.sweep import SweepSpec, run_sweep, validate
-from search.tuners import TunerSpec
-from tracking.store import TrackingSpec
+from cnnsearch.search.data import DataSpec, load_dataset
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.events import SweepResult
+from cnnsearch.search.hypermodel import TrainingSpec
+from cnnsearch.search.progress import ProgressDisplay
+from cnnsearch.search.sweep import SweepSpec, run_sweep, validate
+from cnnsearch.search.tuners import TunerSpec
+from cnnsearch.tracking.store import TrackingSpec
 
 console = Console(stderr=True)
 report = Console(width=None if Console().is_terminal else 200)   # tables on stdout
@@ -74,13 +74,13 @@ def sweep_command(cfg: DictConfig) -> SweepResult:
     validate(spec)  # a bad value or a missing data set: one line, nothing written yet
     tracking = tracking_spec(cfg)
     if tracking.mode == "server":  # an unreachable server fails before any data is loaded
-        from tracking.store import open_store
+        from cnnsearch.tracking.store import open_store
 
         open_store(tracking)
     data = load_dataset(spec.data, spec.seed)
     observers: list = [ProgressDisplay(console)]
     if tracking.enabled:
-        from tracking.runs import MlflowRecorder
+        from cnnsearch.tracking.runs import MlflowRecorder
 
         observers.append(MlflowRecorder(tracking))
     with _sigterm_as_interrupt() as interrupted:
@@ -91,8 +91,8 @@ def sweep_command(cfg: DictConfig) -> SweepResult:
 
 def results_command(cfg: DictConfig) -> pd.DataFrame:
     """``cnnsearch results``: the leaderboard of a sweep, printed and optionally as CSV."""
-    from tracking.results import latest_sweep, leaderboard
-    from tracking.store import experiment_id, open_store, reconcile_stale_runs
+    from cnnsearch.tracking.results import latest_sweep, leaderboard
+    from cnnsearch.tracking.store import experiment_id, open_store, reconcile_stale_runs
 
     tracking = tracking_spec(cfg)
     if not tracking.enabled:
@@ -154,14 +154,20 @@ def export_command(cfg: DictConfig) -> dict:
 
     import keras
 
-    from search.data import load_dataset
-    from search.export import ExportSource, ExportSpec, check_spec, export_winner, parse_formats
+    from cnnsearch.search.data import load_dataset
+    from cnnsearch.search.export import (
+        ExportSource,
+        ExportSpec,
+        check_spec,
+        export_winner,
+        parse_formats,
+    )
 
     tracking = tracking_spec(cfg)
     formats = parse_formats(cfg.export.format)
     if tracking.enabled:
-        from tracking.store import experiment_id, open_store
-        from tracking.winner import find_winner, load_model, log_export
+        from cnnsearch.tracking.store import experiment_id, open_store
+        from cnnsearch.tracking.winner import find_winner, load_model, log_export
 
         if not tracking.store_exists:  # read only: create nothing
             raise UserError(f"no finished sweep to export yet: no MLflow store in "
@@ -184,8 +190,6 @@ def export_command(cfg: DictConfig) -> dict:
     if tracking.enabled:
         model = load_model(winner, tracking.tracking_uri)
     else:
-        import models  # noqa: F401 - registers SumPooling2D
-
         model = keras.saving.load_model(source_uri)
     data = load_dataset(data_spec(config["data"]), config["seed"])
     source = ExportSource(model, data.x_test[:256], data.class_names, source_uri, run_id,

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from search.errors import UserError
+from cnnsearch.search.errors import UserError
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from models.export import (
+from cnnsearch.models.export import (
     FORMATS,
     QUANTIZE,
     export_model,
@@ -27,7 +27,7 @@ from models.export import (
     onnx_opsets,
     predict_with_runtime,
 )
-from search.errors import UserError
+from cnnsearch.search.errors import UserError
 
 log = logging.getLogger(__name__)
 

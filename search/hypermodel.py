@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import keras
 import keras_tuner as kt
 
-from models.cnn import build_model, compile_model
-from search.space import Candidate, SearchSpace, candidate_from_values, skip_reason
+from cnnsearch.models.cnn import build_model, compile_model
+from cnnsearch.search.space import Candidate, SearchSpace, candidate_from_values, skip_reason
 
 
 @dataclass(frozen=True)

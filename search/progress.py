@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from search.events import SweepInfo, SweepObserver, SweepResult, TrialOutcome
+from cnnsearch.search.events import SweepInfo, SweepObserver, SweepResult, TrialOutcome
 
 log = logging.getLogger("cnnsearch")
 

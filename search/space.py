@@ -14,7 +14,7 @@ from typing import Any
 
 import keras_tuner as kt
 
-from models.architecture import (
+from cnnsearch.models.architecture import (
     ACTIVATIONS,
     GLOBAL_POOLINGS,
     PADDINGS,
@@ -23,8 +23,8 @@ from models.architecture import (
     Block,
     Head,
 )
-from models.cnn import OPTIMIZERS
-from search.errors import UserError
+from cnnsearch.models.cnn import OPTIMIZERS
+from cnnsearch.search.errors import UserError
 
 BLOCK_KEYS = ("convs_per_block", "filters", "kernel_size", "strides", "padding",
               "activation", "batch_norm", "pooling", "pool_size")

@@ -15,12 +15,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from search.data import Dataset, DataSpec, load_dataset
-from search.errors import UserError
-from search.events import Observers, SweepInfo, SweepResult
-from search.hypermodel import CNNHyperModel, TrainingSpec
-from search.space import SearchSpace
-from search.tuners import SweepTuner, TunerSpec, best_metric, make_tuner
+from cnnsearch.search.data import Dataset, DataSpec, load_dataset
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.events import Observers, SweepInfo, SweepResult
+from cnnsearch.search.hypermodel import CNNHyperModel, TrainingSpec
+from cnnsearch.search.space import SearchSpace
+from cnnsearch.search.tuners import SweepTuner, TunerSpec, best_metric, make_tuner
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import keras_tuner as kt
 import psutil
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch, TunerCallback  # no public alias
 
-from search.errors import UserError
-from search.events import Observers, TrialOutcome
-from search.hypermodel import CNNHyperModel
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.events import Observers, TrialOutcome
+from cnnsearch.search.hypermodel import CNNHyperModel
 
 TrialStatus = kt.engine.trial.TrialStatus
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -84,10 +86,10 @@ def make_spec(tmp_path):
     Keyword arguments override SweepSpec fields; ``tuner`` and ``training`` may be
     dicts of TunerSpec / TrainingSpec fields.
     """
-    from search.data import DataSpec
-    from search.hypermodel import TrainingSpec
-    from search.sweep import SweepSpec
-    from search.tuners import TunerSpec
+    from cnnsearch.search.data import DataSpec
+    from cnnsearch.search.hypermodel import TrainingSpec
+    from cnnsearch.search.sweep import SweepSpec
+    from cnnsearch.search.tuners import TunerSpec
 
     def make(search_space: dict | None = None, tuner: dict | None = None,
              training: dict | None = None, **fields) -> SweepSpec:
@@ -116,7 +118,7 @@ def cnnsearch() -> list[str]:
     script = Path(sys.executable).parent / "cnnsearch"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "search.cli"]
+    return [sys.executable, "-m", "cnnsearch"]
 
 
 @pytest.fixture(scope="session")
@@ -132,3 +134,25 @@ def error_lines(stderr: str) -> list[str]:
     """stderr without TensorFlow's C++ start-up noise, blank lines dropped."""
     return [line for line in stderr.splitlines()
             if line.strip() and not line.startswith(TF_NOISE)]
+
+
+# Prepended to a script run by run_without_cnnsearch: the process cannot import cnnsearch,
+# like one where a saved model is deployed. `python -I` drops the working directory,
+# PYTHONPATH and user site; this drops the editable install's import hook and checks.
+_NO_CNNSEARCH = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in f.__module__]
+try:
+    import cnnsearch
+except ImportError:
+    pass
+else:
+    raise SystemExit(f"cnnsearch is importable from {cnnsearch.__file__}: the check is void")
+"""
+
+
+def run_without_cnnsearch(script: str, *args: str, cwd, timeout: float = 300):
+    """Run ``script`` in a fresh Python (this venv's packages) that cannot see cnnsearch."""
+    return subprocess.run([sys.executable, "-I", "-c", _NO_CNNSEARCH + textwrap.dedent(script),
+                           *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)

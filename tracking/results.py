@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from tracking.store import TAG_ROLE  # noqa: E402
+from cnnsearch.tracking.store import TAG_ROLE  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from tracking.results import leaderboard, log_plots
-from tracking.store import (
+from cnnsearch.tracking.results import leaderboard, log_plots
+from cnnsearch.tracking.store import (
     TAG_REASON,
     TAG_ROLE,
     TAG_STATUS,
@@ -218,8 +218,7 @@ def _pip_requirements() -> list[str]:
     """Keras and its backend package, pinned: what the logged model needs to load.
 
     Given explicitly: MLflow would otherwise infer them by loading the model in a fresh
-    process that has not imported our custom layers (``models.SumPooling2D``), which
-    fails after several seconds, warns, and falls back to Keras alone (no backend).
+    process (several seconds) and may fall back to Keras alone (no backend).
     """
     backend = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(
         keras.backend.backend())

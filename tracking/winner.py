@@ -10,7 +10,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tracking.store import TAG_ROLE, TrackingError
+from cnnsearch.tracking.store import TAG_ROLE, TrackingError
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,7 @@ def find_winner(client: MlflowClient, experiment_id: str | None, run: str = "lat
 
 
 def load_model(winner: Winner, tracking_uri: str):
-    """The winner as a Keras model (our custom layer registered first)."""
-    import models  # noqa: F401 - registers SumPooling2D
-
+    """The winner as a Keras model."""
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.keras.load_model(winner.model_uri)
 

@@ -116,7 +116,7 @@ def _check_one_line_error(code, stdout, stderr, root, label) -> None:
 DRIVER = """
 import json, os, sys
 from hydra.core.global_hydra import GlobalHydra
-from search.cli import main
+from cnnsearch.search.cli import main
 
 cases, folder = json.loads(sys.argv[1]), sys.argv[2]
 codes, saved = [], (os.dup(1), os.dup(2))

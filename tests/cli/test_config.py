@@ -10,16 +10,16 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from search.commands import sweep_spec, tracking_spec
-from search.config import register_configs
-from search.data import DataSpec, load_dataset
-from search.errors import UserError
-from search.hypermodel import TrainingSpec
-from search.space import KEYS, SearchSpace
-from search.sweep import SweepSpec, validate
-from search.tuners import TunerSpec
+from cnnsearch.search.commands import sweep_spec, tracking_spec
+from cnnsearch.search.config import register_configs
+from cnnsearch.search.data import DataSpec, load_dataset
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.hypermodel import TrainingSpec
+from cnnsearch.search.space import KEYS, SearchSpace
+from cnnsearch.search.sweep import SweepSpec, validate
+from cnnsearch.search.tuners import TunerSpec
+from cnnsearch.tracking.store import TrackingError, open_store
 from tests.conftest import CONF_DIR, load_space
-from tracking.store import TrackingError, open_store
 
 GROUPS = ("data", "search_space", "tuner", "training", "tracking", "export", "experiment")
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from models.export import FORMATS
+from cnnsearch.models.export import FORMATS
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from models.architecture import (
+from cnnsearch.models.architecture import (
     ACTIVATIONS,
     GLOBAL_POOLINGS,
     PADDINGS,
@@ -17,7 +17,7 @@ from models.architecture import (
     Head,
     output_side,
 )
-from models.cnn import build_model
+from cnnsearch.models.cnn import build_model
 
 # -- output_side -------------------------------------------------------------------
 

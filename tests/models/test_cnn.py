@@ -1,19 +1,13 @@
 """Tests for models.cnn: compile, one real (tiny) training, save and load in safe mode."""
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
 
-from models.architecture import Architecture, Block, Head
-from models.cnn import OPTIMIZERS, build_model, compile_model
-from search.data import DataSpec, load_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
+from cnnsearch.models.architecture import Architecture, Block, Head
+from cnnsearch.models.cnn import OPTIMIZERS, build_model, compile_model
+from cnnsearch.search.data import DataSpec, load_dataset
+from tests.conftest import run_without_cnnsearch
 
 
 def _digits_architecture(input_shape=(8, 8, 1), num_classes=10) -> Architecture:
@@ -68,28 +62,21 @@ def test_tiny_training_on_digits_is_far_above_chance():
     assert accuracy > 0.9  # chance is 0.1
 
 
-def test_sum_pooling_model_loads_in_safe_mode_in_a_fresh_process(tmp_path):
+def test_sum_pooling_model_loads_in_safe_mode_without_cnnsearch(tmp_path):
     model = build_model(_digits_architecture())
     path = tmp_path / "model.keras"
     model.save(path)
     x = np.random.default_rng(1).random((4, 8, 8, 1), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "expected.npy", model.predict_on_batch(x))
-    script = textwrap.dedent(
-        f"""
-        import sys
+    result = run_without_cnnsearch("""
         import numpy as np
         import keras
-        import models  # registers SumPooling2D
 
-        model = keras.saving.load_model({str(path)!r}, safe_mode=True)
-        assert type(model.get_layer("block2_pool")).__name__ == "SumPooling2D"
-        got = model.predict_on_batch(np.load({str(tmp_path / "x.npy")!r}))
-        expected = np.load({str(tmp_path / "expected.npy")!r})
+        model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+        assert isinstance(model.get_layer("block2_pool"), keras.Sequential)
+        got = model.predict_on_batch(np.load(sys.argv[2]))
+        expected = np.load(sys.argv[3])
         sys.exit(0 if np.allclose(got, expected, rtol=1e-5, atol=1e-6) else 3)
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+        """, path, tmp_path / "x.npy", tmp_path / "expected.npy", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

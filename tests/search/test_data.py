@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.data import DATASETS, DataSpec, load_dataset
-from search.errors import UserError
+from cnnsearch.search.data import DATASETS, DataSpec, load_dataset
+from cnnsearch.search.errors import UserError
 
 NPZ_LABELS = (3, 5, 7)
 

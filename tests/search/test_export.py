@@ -11,12 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-import models
-import search.export
-from models import Architecture, Block, Head
-from models.export import FORMATS
-from search.errors import UserError
-from search.export import (
+import cnnsearch.models
+import cnnsearch.search.export
+from cnnsearch.models import Architecture, Block, Head
+from cnnsearch.models.export import FORMATS
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.export import (
     FLOAT_TOLERANCE,
     MANIFEST,
     ExportSource,
@@ -35,7 +35,7 @@ ARCH = Architecture((8, 8, 1), 10, (Block(4, pooling="sum", padding="same"),
 @pytest.fixture(scope="module")
 def source() -> ExportSource:
     keras.utils.set_random_seed(0)
-    model = models.compile_model(models.build_model(ARCH))
+    model = cnnsearch.models.compile_model(cnnsearch.models.build_model(ARCH))
     sample = np.random.default_rng(0).random((32, 8, 8, 1), dtype="float32")
     return ExportSource(model, sample, tuple(str(i) for i in range(10)), "runs:/abc/model",
                         run_id="abc", test_accuracy=0.5)
@@ -274,7 +274,7 @@ def _corrupt_onnx(path) -> None:
 def test_a_corrupted_artifact_fails_the_export_and_writes_nothing(tmp_path, source,
                                                                   monkeypatch):
     """The ONNX file really is damaged after writing: onnxruntime's answers differ."""
-    real = search.export.export_model
+    real = cnnsearch.search.export.export_model
 
     def export_then_corrupt(model, fmt, directory, **kwargs):
         path = real(model, fmt, directory, **kwargs)
@@ -282,7 +282,7 @@ def test_a_corrupted_artifact_fails_the_export_and_writes_nothing(tmp_path, sour
             _corrupt_onnx(path)
         return path
 
-    monkeypatch.setattr(search.export, "export_model", export_then_corrupt)
+    monkeypatch.setattr(cnnsearch.search.export, "export_model", export_then_corrupt)
     destination = tmp_path / "exports" / "sweep-1"
     with pytest.raises(UserError) as error:
         export_winner(source, ExportSpec(("keras", "onnx", "tflite"), destination))
@@ -294,13 +294,13 @@ def test_a_corrupted_artifact_fails_the_export_and_writes_nothing(tmp_path, sour
 
 
 def test_a_runtime_disagreement_names_the_format(tmp_path, source, monkeypatch):
-    real = search.export.predict_with_runtime
+    real = cnnsearch.search.export.predict_with_runtime
 
     def predict(fmt, path, x):
         out = real(fmt, path, x)
         return _flip(out, 2) if fmt == "tflite" else out
 
-    monkeypatch.setattr(search.export, "predict_with_runtime", predict)
+    monkeypatch.setattr(cnnsearch.search.export, "predict_with_runtime", predict)
     destination = tmp_path / "sweep-1"
     with pytest.raises(UserError) as error:
         export_winner(source, ExportSpec(("keras", "tflite"), destination, quantize="dynamic"))
@@ -315,8 +315,8 @@ def test_a_failed_overwrite_keeps_the_previous_export(tmp_path, source, monkeypa
     destination = tmp_path / "sweep-1"
     export_winner(source, ExportSpec(("keras",), destination))
     before = (destination / MANIFEST).read_text()
-    real = search.export.predict_with_runtime
-    monkeypatch.setattr(search.export, "predict_with_runtime",
+    real = cnnsearch.search.export.predict_with_runtime
+    monkeypatch.setattr(cnnsearch.search.export, "predict_with_runtime",
                         lambda fmt, path, x: real(fmt, path, x) + 1e-3)
     with pytest.raises(UserError, match="export.format=keras"):
         export_winner(source, ExportSpec(("keras",), destination, overwrite=True))

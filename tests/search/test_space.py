@@ -6,8 +6,8 @@ import keras_tuner as kt
 import pytest
 from omegaconf import OmegaConf
 
-from search.errors import UserError
-from search.space import BLOCK_KEYS, KEYS, SearchSpace, candidate_from_values, skip_reason
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.space import BLOCK_KEYS, KEYS, SearchSpace, candidate_from_values, skip_reason
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "search_space"
 PRESETS = sorted(PRESET_DIR.glob("*.yaml"))

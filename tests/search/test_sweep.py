@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from search.errors import UserError
-from search.sweep import STATE_FILE, run_sweep, validate
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.sweep import STATE_FILE, run_sweep, validate
 from tests.conftest import replace
 
 # -- validation ----------------------------------------------------------------------

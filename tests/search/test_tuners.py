@@ -9,13 +9,13 @@ import keras
 import keras_tuner as kt
 import pytest
 
-import search.hypermodel
-import search.sweep
-import search.tuners
-from search.errors import UserError
-from search.hypermodel import CNNHyperModel
-from search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
-from search.tuners import TUNERS
+import cnnsearch.search.hypermodel
+import cnnsearch.search.sweep
+import cnnsearch.search.tuners
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.hypermodel import CNNHyperModel
+from cnnsearch.search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
+from cnnsearch.search.tuners import TUNERS
 
 # On 8x8 digits with `valid` padding only 1-block candidates fit (every 2- and 3-block
 # one shrinks a map below its window); the orders put infeasible ones first for the grid.
@@ -36,7 +36,7 @@ def built(monkeypatch) -> list:
             architectures.append(self.candidate(hp).architecture)
             return super().build(hp)
 
-    monkeypatch.setattr(search.sweep, "CNNHyperModel", RecordingHyperModel)
+    monkeypatch.setattr(cnnsearch.search.sweep, "CNNHyperModel", RecordingHyperModel)
     return architectures
 
 
@@ -45,14 +45,14 @@ def failing_build(monkeypatch):
     """Make building a candidate raise for the architectures ``fails(arch)`` selects."""
 
     def install(fails) -> None:
-        real = search.hypermodel.build_model
+        real = cnnsearch.search.hypermodel.build_model
 
         def build_model(arch):
             if fails(arch):
                 raise RuntimeError(f"injected build failure ({arch.blocks[0].filters} filters)")
             return real(arch)
 
-        monkeypatch.setattr(search.hypermodel, "build_model", build_model)
+        monkeypatch.setattr(cnnsearch.search.hypermodel, "build_model", build_model)
 
     return install
 
@@ -166,7 +166,7 @@ def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, m
             dispatch.append(callbacks._async_train)
             return super().fit(hp, model, *args, **kwargs)
 
-    monkeypatch.setattr(search.sweep, "CNNHyperModel", RecordingHyperModel)
+    monkeypatch.setattr(cnnsearch.search.sweep, "CNNHyperModel", RecordingHyperModel)
     spec = make_spec(small_space, training={"early_stopping_patience": 2}, final_fit=False)
     result, _ = run_sweep(spec, [])
 
@@ -177,7 +177,7 @@ def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, m
 def test_the_best_epoch_checkpoint_is_written_once_with_the_best_weights(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = tmp_path / "checkpoint.weights.h5"
-    checkpoint = search.tuners._BestEpochInMemory(kt.Objective("val_accuracy", "max"),
+    checkpoint = cnnsearch.search.tuners._BestEpochInMemory(kt.Objective("val_accuracy", "max"),
                                                   str(path))
     checkpoint.set_model(model)
     best = model.get_weights()

@@ -134,10 +134,12 @@ class Swept:
 def swept(tmp_path_factory) -> Swept:
     """One 3-trial, 2-epoch sweep on 200 digits images through ``cnnsearch sweep``.
 
+    Every candidate uses sum pooling (the one pooling type Keras has no layer for).
     Shared by every test that only reads the store: none of them may change it.
     """
     root = tmp_path_factory.mktemp("swept")
-    done = run_cli("sweep", f"paths.root={root}", *QUICK, "seed=1")   # 1- and 2-block trials
+    done = run_cli("sweep", f"paths.root={root}", *QUICK, "seed=1",   # 1- and 2-block trials
+                   "search_space.pooling=[sum]")
     assert done.returncode == 0, done.stderr[-5000:]
     return Swept(root, done.stdout, done.stderr, open_experiment(root))
 
@@ -149,7 +151,7 @@ def cli_in_process(monkeypatch, capfd):
     import mlflow
     from hydra.core.global_hydra import GlobalHydra
 
-    from search.cli import main
+    from cnnsearch.search.cli import main
 
     logger = logging.getLogger()
     handlers, level = logger.handlers[:], logger.level

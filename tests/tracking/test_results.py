@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric
 
+from cnnsearch.tracking.results import COLUMNS, latest_sweep, leaderboard, pareto_front
 from tests.tracking.conftest import error_lines, new_experiment, run_cli
-from tracking.results import COLUMNS, latest_sweep, leaderboard, pareto_front
 
 CSV_COLUMNS = {"rank", "trial", "status", "val_accuracy", "params", "flops", "pareto",
                "architecture"}

@@ -9,12 +9,12 @@ import json
 import re
 
 import keras
-import mlflow
 import numpy as np
 import pytest
 import yaml
 
-from search.data import DataSpec, load_dataset
+from cnnsearch.search.data import DataSpec, load_dataset
+from tests.conftest import run_without_cnnsearch
 from tests.tracking.conftest import (
     QUICK,
     REGISTERED_MODEL,
@@ -173,23 +173,43 @@ def test_per_epoch_history(swept):
 # -- the registered model ----------------------------------------------------------------
 
 
-def test_registered_model_predicts_like_the_saved_best_model(swept):
-    import models  # noqa: F401 - registers SumPooling2D for both loaders
+# Where the winner is deployed, cnnsearch is not installed: stock Keras and MLflow only.
+LOAD_EVERY_WAY = """
+    import json
+    import keras, mlflow, numpy as np
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(store_uri(swept.root))
-    mlflow.set_registry_uri(store_uri(swept.root))
-    try:
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/latest")
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    best = keras.saving.load_model(swept.sweep_dir / "best_model.keras")
+    store, sweep_dir, parent_id, images = sys.argv[1:]
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
+    x = np.load(images)
+    best = keras.saving.load_model(f"{sweep_dir}/best_model.keras", safe_mode=True)
+    loaded = {
+        "best_model.keras": best.predict(x, verbose=0),
+        "registered (pyfunc)": mlflow.pyfunc.load_model("models:/REGISTERED/latest").predict(x),
+        "run model (keras flavour)": mlflow.keras.load_model(f"runs:/{parent_id}/model")
+                                          .predict(x, verbose=0),
+    }
+    layers = [type(layer).__name__ for layer in best.layers]
+    print(json.dumps({"layers": layers,
+                      "diff": {k: float(np.abs(v - loaded["best_model.keras"]).max())
+                               for k, v in loaded.items()},
+                      "shape": list(np.asarray(loaded["registered (pyfunc)"]).shape)}))
+"""
+
+
+def test_saved_and_registered_models_load_and_predict_without_cnnsearch(swept, tmp_path):
     images = load_dataset(DataSpec("digits", limit=200), seed=0).x_test[:16].astype("float32")
-    expected = np.asarray(best.predict(images, verbose=0))
-    got = np.asarray(pyfunc.predict(images))
-    assert got.shape == expected.shape == (16, 10)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.save(tmp_path / "x.npy", images)
+    done = run_without_cnnsearch(LOAD_EVERY_WAY.replace("REGISTERED", REGISTERED_MODEL),
+                                 store_uri(swept.root), swept.sweep_dir,
+                                 swept.parent.info.run_id, tmp_path / "x.npy", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "Sequential" in report["layers"]   # the winner's sum pooling
+    assert report["shape"] == [16, 10]
+    assert max(report["diff"].values()) <= 1e-5, report["diff"]
+    best = keras.saving.load_model(swept.sweep_dir / "best_model.keras")
+    assert best.predict(images, verbose=0).max() > 0.2   # a trained model, not a uniform one
 
 
 def test_model_version_tags_and_requirements(swept):

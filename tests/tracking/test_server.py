@@ -228,7 +228,7 @@ def mlflow_server(postgres: Postgres, tmp_path_factory) -> Iterator[MlflowServer
 
 def _cnnsearch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("cnnsearch")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cnnsearch"]
     env = {k: v for k, v in os.environ.items()
            if k != "HYDRA_FULL_ERROR" and not k.startswith("MLFLOW_")}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", NO_COLOR="1", COLUMNS="200")

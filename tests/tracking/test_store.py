@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from tests.tracking.conftest import QUICK, error_lines, new_experiment
-from tracking.store import (
+from cnnsearch.tracking.store import (
     TrackingError,
     TrackingSpec,
     open_store,
     process_tags,
     reconcile_stale_runs,
 )
+from tests.tracking.conftest import QUICK, error_lines, new_experiment
 
 # -- reconcile_stale_runs ----------------------------------------------------------------
 
