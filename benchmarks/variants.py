@@ -28,7 +28,8 @@ import psutil
 import yaml
 
 from benchmarks.common import REPO
-from cnnsearch.search.data import Dataset, DataSpec, load_dataset
+from cnnsearch.search.config import DataConfig
+from cnnsearch.search.data import Dataset, load_dataset
 from cnnsearch.search.events import SweepObserver
 
 log = logging.getLogger("benchmarks")
@@ -76,7 +77,7 @@ def default_space() -> dict:
 
 def digits(seed: int) -> Dataset:
     """The digits split of the default config (val 0.1, test 0.2) under ``seed``."""
-    return load_dataset(DataSpec("digits"), seed)
+    return load_dataset(DataConfig("digits"), seed)
 
 
 # -- ours ------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class PlainHyperModel(kt.HyperModel):
                         sampling=spec.get("sampling", "linear"))
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        from cnnsearch.models.layers import SumPooling2D
+        from cnnsearch.models.layers import sum_pooling_2d
 
         inputs = x = keras.Input(shape=self.input_shape)
         for b in range(self._hp(hp, "num_blocks")):
@@ -275,9 +276,10 @@ class PlainHyperModel(kt.HyperModel):
                     x = keras.layers.BatchNormalization()(x)
                 x = keras.layers.Activation(value["activation"])(x)
             if value["pooling"] != "none":
-                pool = _POOLS.get(value["pooling"], SumPooling2D)
-                x = pool(self._hp(hp, "pool_size", f"pool_size_{b}"),
-                         padding=value["padding"])(x)
+                size = self._hp(hp, "pool_size", f"pool_size_{b}")
+                x = (sum_pooling_2d(x.shape[1:], size, padding=value["padding"])(x)
+                     if value["pooling"] == "sum"
+                     else _POOLS[value["pooling"]](size, padding=value["padding"])(x))
         x = _HEADS[self._hp(hp, "global_pooling")]()(x)
         units = self._hp(hp, "dense_units")
         if units:

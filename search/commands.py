@@ -20,52 +20,47 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from cnnsearch.search.data import DataSpec, load_dataset
+from cnnsearch.search.config import Config, DataConfig
+from cnnsearch.search.data import load_dataset
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import SweepResult
-from cnnsearch.search.hypermodel import TrainingSpec
 from cnnsearch.search.progress import ProgressDisplay
 from cnnsearch.search.sweep import SweepSpec, run_sweep, validate
-from cnnsearch.search.tuners import TunerSpec
-from cnnsearch.tracking.store import TrackingSpec
+from cnnsearch.tracking.config import TrackingConfig, TrackingMode
 
 console = Console(stderr=True)
 report = Console(width=None if Console().is_terminal else 200)   # tables on stdout
 log = logging.getLogger("cnnsearch")
 
 
-def data_spec(data: dict) -> DataSpec:
-    """The ``data`` group (as a plain dict) as a DataSpec."""
-    data = dict(data)
-    if data.get("image_size") is not None:
-        data["image_size"] = tuple(data["image_size"])
-    return DataSpec(**data)
+def typed(cfg: DictConfig) -> Config:
+    """The composed config as its dataclasses (search/config.py), interpolations resolved."""
+    return OmegaConf.to_object(cfg)
 
 
 def sweep_spec(cfg: DictConfig) -> SweepSpec:
     """Turn the composed config into the sweep's typed spec."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    config = typed(cfg)
     return SweepSpec(
-        data=data_spec(plain["data"]),
-        search_space=plain["search_space"],
-        tuner=TunerSpec(**plain["tuner"]),
-        training=TrainingSpec(**plain["training"]),
-        root=plain["paths"]["root"],
-        name=plain["sweep"]["name"],
-        resume=plain["sweep"]["resume"],
-        seed=plain["seed"],
-        final_fit=plain["final_fit"]["enabled"],
-        final_fit_epochs=plain["final_fit"]["epochs"],
-        config=plain,
+        data=config.data,
+        search_space=config.search_space,
+        tuner=config.tuner,
+        training=config.training,
+        root=config.paths.root,
+        name=config.sweep.name,
+        resume=config.sweep.resume,
+        seed=config.seed,
+        final_fit=config.final_fit,
+        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     )
 
 
-def tracking_spec(cfg: DictConfig) -> TrackingSpec:
-    """The ``tracking`` group as plain values."""
-    plain = OmegaConf.to_container(cfg.tracking, resolve=True)
-    if plain["mode"] == "server" and not plain["uri"]:
+def tracking_spec(cfg: DictConfig) -> TrackingConfig:
+    """The ``tracking`` group, checked."""
+    tracking = typed(cfg).tracking
+    if tracking.mode == TrackingMode.server and not tracking.uri:
         raise UserError("tracking=server needs tracking.uri=http://host:port")
-    return TrackingSpec(**plain, root=cfg.paths.root)
+    return tracking
 
 
 def sweep_command(cfg: DictConfig) -> SweepResult:
@@ -94,6 +89,7 @@ def results_command(cfg: DictConfig) -> pd.DataFrame:
     from cnnsearch.tracking.results import latest_sweep, leaderboard
     from cnnsearch.tracking.store import experiment_id, open_store, reconcile_stale_runs
 
+    typed(cfg).results.validate()
     tracking = tracking_spec(cfg)
     if not tracking.enabled:
         raise UserError("cnnsearch results reads MLflow; it cannot work with tracking=none")
@@ -127,8 +123,9 @@ def results_command(cfg: DictConfig) -> pd.DataFrame:
 
 def ui_command(cfg: DictConfig) -> int:
     """``cnnsearch ui``: the MLflow UI over the configured store, until Ctrl-C."""
+    typed(cfg).ui.validate()
     tracking = tracking_spec(cfg)
-    if tracking.mode != "local":
+    if tracking.mode != TrackingMode.local:
         raise UserError(f"cnnsearch ui serves the local store; with tracking={tracking.mode} "
                         "open the server's own UI")
     tracking.store_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +188,7 @@ def export_command(cfg: DictConfig) -> dict:
         model = load_model(winner, tracking.tracking_uri)
     else:
         model = keras.saving.load_model(source_uri)
-    data = load_dataset(data_spec(config["data"]), config["seed"])
+    data = load_dataset(DataConfig(**config["data"]), config["seed"])
     source = ExportSource(model, data.x_test[:256], data.class_names, source_uri, run_id,
                           test_accuracy)
     manifest = export_winner(source, spec)

@@ -1,18 +1,64 @@
-"""Typed schema of the Hydra config tree (conf/), registered in Hydra's ConfigStore.
+"""The typed configuration: one dataclass per config group of conf/, and the whole tree.
 
-The YAML files in conf/ hold the values; these dataclasses hold the shape, so a
-misspelled key or a wrong type fails when Hydra composes the config. The search
-space is a free mapping here (a key may be a list or a range) and is checked by
-:mod:`search.space`.
+These classes are the single source of the config's shape: Hydra checks every
+composed config against them (a misspelled key, a wrong type or a value outside a
+closed choice fails while composing), and the CLI turns the composed config into
+them with ``OmegaConf.to_object``, so the library takes the same objects. What a
+type cannot say (ranges, cross-key rules) is each class's ``validate``. The YAML
+files in conf/ hold the values. The search space is a free mapping here (a key may
+be a list or a range) and is checked by :mod:`cnnsearch.search.space`.
+
+No Keras here: composing the config (and its errors) stays fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from cnnsearch.search.errors import UserError
+from cnnsearch.tracking.config import TrackingConfig
+
+
+class DataName(StrEnum):
+    digits = "digits"
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    npz = "npz"
+    image_folder = "image_folder"
+
+
+class ColorMode(StrEnum):
+    grayscale = "grayscale"
+    rgb = "rgb"
+
+
+class TunerName(StrEnum):
+    random = "random"
+    bayesian = "bayesian"
+    hyperband = "hyperband"
+    grid = "grid"
+
+
+class Objective(StrEnum):
+    val_accuracy = "val_accuracy"
+    accuracy = "accuracy"
+    val_loss = "val_loss"
+    loss = "loss"
+
+    @property
+    def default_direction(self) -> Direction:
+        return Direction.max if self.endswith("accuracy") else Direction.min
+
+
+class Direction(StrEnum):
+    min = "min"
+    max = "max"
 
 
 @dataclass
@@ -22,20 +68,37 @@ class PathsConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
+    """Which data to load and how to split it."""
+
+    name: DataName = MISSING
     path: str | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     image_size: list[int] | None = None
-    color_mode: str = "grayscale"
+    color_mode: ColorMode = ColorMode.grayscale
     limit: int | None = None
+
+    def validate(self) -> None:
+        """Raises UserError naming the first value that cannot work."""
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not 0 < value < 1:
+                raise UserError(f"data.{key} must be between 0 and 1 (exclusive), got {value}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"data.limit must be a positive number of examples, got {self.limit}")
+        size = self.image_size
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise UserError(f"data.image_size must be two positive ints [height, width], "
+                            f"got {size}")
 
 
 @dataclass
 class TunerConfig:
-    name: str = MISSING
-    objective: str = "val_accuracy"
-    direction: str | None = None   # null: max for accuracy, min for loss
+    """Which keras-tuner search and its knobs."""
+
+    name: TunerName = TunerName.random
+    objective: Objective = Objective.val_accuracy
+    direction: Direction | None = None   # null: max for accuracy, min for loss
     max_trials: int = 10
     max_seconds: float | None = None   # time budget: no new trial starts after it
     executions_per_trial: int = 1
@@ -50,22 +113,48 @@ class TunerConfig:
     alpha: float = 1e-4
     beta: float = 2.6
 
+    @property
+    def objective_direction(self) -> Direction:
+        return self.direction or Objective(self.objective).default_direction
+
+    def validate(self) -> None:
+        """Raises UserError on a non-positive count or budget."""
+        for key in ("max_trials", "executions_per_trial", "max_consecutive_failed_trials",
+                    "max_epochs", "hyperband_iterations"):
+            if getattr(self, key) < 1:
+                raise UserError(f"tuner.{key} must be >= 1, got {getattr(self, key)}")
+        if self.factor < 2:
+            raise UserError(f"tuner.factor must be >= 2 (Hyperband keeps 1/factor of the "
+                            f"trials per round), got {self.factor}")
+        if self.max_retries_per_trial < 0:
+            raise UserError("tuner.max_retries_per_trial must be >= 0")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise UserError(f"tuner.max_seconds must be > 0 or null, got {self.max_seconds}")
+
 
 @dataclass
 class TrainingConfig:
+    """How every candidate trains."""
+
     epochs: int = 30
     batch_size: int = 32
     early_stopping_patience: int | None = 5
     mixed_precision: bool = False
-    jit_compile: Any = "auto"
+    jit_compile: Any = "auto"   # true | false | auto
 
-
-@dataclass
-class TrackingConfig:
-    mode: str = "local"
-    uri: str | None = None
-    experiment: str = "${data.name}"
-    registered_model: str = "cnnsearch-${data.name}"
+    def validate(self) -> None:
+        """Raises UserError naming the first value that cannot work."""
+        if self.epochs < 1:
+            raise UserError(f"training.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"training.batch_size must be >= 1, got {self.batch_size}")
+        patience = self.early_stopping_patience
+        if patience is not None and patience < 1:
+            raise UserError(f"training.early_stopping_patience must be >= 1 or null, "
+                            f"got {patience}")
+        if self.jit_compile not in (True, False, "auto"):
+            raise UserError(f"training.jit_compile must be true, false or auto, "
+                            f"got {self.jit_compile!r}")
 
 
 @dataclass
@@ -90,6 +179,10 @@ class FinalFitConfig:
     enabled: bool = True
     epochs: int | None = None
 
+    def validate(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise UserError(f"final_fit.epochs must be >= 1 or null, got {self.epochs}")
+
 
 @dataclass
 class ResultsConfig:
@@ -98,11 +191,19 @@ class ResultsConfig:
     top: int = 20
     csv: str | None = None
 
+    def validate(self) -> None:
+        if self.top < 1:
+            raise UserError(f"results.top must be >= 1, got {self.top}")
+
 
 @dataclass
 class UiConfig:
     host: str = "127.0.0.1"
     port: int = 5000
+
+    def validate(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise UserError(f"ui.port must be between 1 and 65535, got {self.port}")
 
 
 @dataclass

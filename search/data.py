@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from cnnsearch.search.config import DataConfig
 from cnnsearch.search.errors import UserError
 
 if TYPE_CHECKING:
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "image_folder")
-COLOR_MODES: tuple[str, ...] = ("grayscale", "rgb")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
 KERAS_CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -34,19 +33,6 @@ KERAS_CLASS_NAMES: dict[str, tuple[str, ...]] = {
         "dog", "frog", "horse", "ship", "truck",
     ),
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which data to load and how to split it; built by the CLI from the Hydra config."""
-
-    name: str
-    path: str | None = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    image_size: tuple[int, int] | None = None
-    color_mode: str = "grayscale"
-    limit: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,13 +70,13 @@ class _Loaded:
     class_names: tuple[str, ...]
 
 
-def load_dataset(spec: DataSpec, seed: int) -> Dataset:
+def load_dataset(spec: DataConfig, seed: int) -> Dataset:
     """Load, scale and split the data described by `spec`, deterministically under `seed`.
 
     Raises:
         UserError: the spec or the data on disk is unusable, or a download failed.
     """
-    _check_spec(spec)
+    spec.validate()
     loaded = _LOADERS[spec.name](spec, seed)
     x_train, x_test = _to_unit_range(_with_channel(loaded.x_train), _with_channel(loaded.x_test))
     x_train, x_val, y_train, y_val = _split(
@@ -109,25 +95,6 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
         ", ".join(data.class_names),
     )
     return data
-
-
-def _check_spec(spec: DataSpec) -> None:
-    """Reject spec values that cannot work, naming the config key."""
-    if spec.name not in DATASETS:
-        raise UserError(f"unknown data={spec.name!r}; choose one of: {', '.join(DATASETS)}")
-    for key in ("val_fraction", "test_fraction"):
-        value = getattr(spec, key)
-        if not 0 < value < 1:
-            raise UserError(f"data.{key} must be between 0 and 1 (exclusive), got {value}")
-    if spec.limit is not None and spec.limit < 1:
-        raise UserError(f"data.limit must be a positive number of examples, got {spec.limit}")
-    if spec.color_mode not in COLOR_MODES:
-        raise UserError(
-            f"data.color_mode must be one of {', '.join(COLOR_MODES)}, got {spec.color_mode!r}"
-        )
-    size = spec.image_size
-    if size is not None and (len(size) != 2 or min(size) < 1):
-        raise UserError(f"data.image_size must be two positive ints [height, width], got {size}")
 
 
 def _split(
@@ -169,7 +136,7 @@ def _scale_factor(x_train: np.ndarray) -> float:
     return max(abs(low), abs(high))
 
 
-def _load_digits(spec: DataSpec, seed: int) -> _Loaded:
+def _load_digits(spec: DataConfig, seed: int) -> _Loaded:
     """sklearn's bundled 8x8 digits (values 0..16), split into train and test."""
     digits = load_digits()
     x, y = digits.images / 16.0, digits.target.astype(np.int32)
@@ -177,7 +144,7 @@ def _load_digits(spec: DataSpec, seed: int) -> _Loaded:
     return _Loaded(x_train, y_train, x_test, y_test, tuple(str(i) for i in range(10)))
 
 
-def _load_keras(spec: DataSpec, seed: int) -> _Loaded:
+def _load_keras(spec: DataConfig, seed: int) -> _Loaded:
     """A keras.datasets dataset with its own test split (downloaded once, then cached)."""
     try:
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, spec.name).load_data()
@@ -203,14 +170,14 @@ def _short_reason(exc: Exception, max_chars: int = 160) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
-def _required_path(spec: DataSpec) -> Path:
+def _required_path(spec: DataConfig) -> Path:
     """spec.path as a Path, or a UserError when it is not set."""
     if not spec.path:
         raise UserError(f"data.path is required for data={spec.name}")
     return Path(spec.path).expanduser()
 
 
-def _load_npz(spec: DataSpec, seed: int) -> _Loaded:
+def _load_npz(spec: DataConfig, seed: int) -> _Loaded:
     """A user .npz file with x_train, y_train, x_test, y_test (like keras' mnist.npz)."""
     path = _required_path(spec)
     if not path.is_file():
@@ -291,7 +258,7 @@ def _encode_labels(
     )
 
 
-def _load_image_folder(spec: DataSpec, seed: int) -> _Loaded:
+def _load_image_folder(spec: DataConfig, seed: int) -> _Loaded:
     """Images in one sub-folder per class under data.path, split into train and test."""
     class_dirs = _class_dirs(_required_path(spec))
     files: list[Path] = []
@@ -350,7 +317,7 @@ def _open_image(file: Path, color_mode: str, size: tuple[int, int] | None) -> "I
         raise UserError(f"cannot read image {file} ({_short_reason(exc)})") from exc
 
 
-_LOADERS: dict[str, Callable[[DataSpec, int], _Loaded]] = {
+_LOADERS: dict[str, Callable[[DataConfig, int], _Loaded]] = {
     "digits": _load_digits,
     "mnist": _load_keras,
     "fashion_mnist": _load_keras,

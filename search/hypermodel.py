@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 import keras_tuner as kt
 
 from cnnsearch.models.cnn import build_model, compile_model
+from cnnsearch.search.config import TrainingConfig
 from cnnsearch.search.space import Candidate, SearchSpace, candidate_from_values, skip_reason
-
-
-@dataclass(frozen=True)
-class TrainingSpec:
-    """How every candidate trains."""
-
-    epochs: int = 30
-    batch_size: int = 32
-    early_stopping_patience: int | None = 5
-    mixed_precision: bool = False
-    jit_compile: bool | str = "auto"
 
 
 class CNNHyperModel(kt.HyperModel):
     """Builds the candidate a set of hyperparameters describes."""
 
     def __init__(self, space: SearchSpace, input_shape: tuple[int, int, int],
-                 num_classes: int, training: TrainingSpec) -> None:
+                 num_classes: int, training: TrainingConfig) -> None:
         super().__init__(name="cnn")
         self.space = space
         self.input_shape = tuple(input_shape)

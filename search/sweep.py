@@ -15,12 +15,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cnnsearch.search.data import Dataset, DataSpec, load_dataset
+from cnnsearch.search.config import DataConfig, FinalFitConfig, TrainingConfig, TunerConfig
+from cnnsearch.search.data import Dataset, load_dataset
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import Observers, SweepInfo, SweepResult
-from cnnsearch.search.hypermodel import CNNHyperModel, TrainingSpec
+from cnnsearch.search.hypermodel import CNNHyperModel
+from cnnsearch.search.kt_internals import check_version, failure_stop_reason
 from cnnsearch.search.space import SearchSpace
-from cnnsearch.search.tuners import SweepTuner, TunerSpec, best_metric, make_tuner
+from cnnsearch.search.tuners import SweepTuner, best_metric, make_tuner
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +35,15 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 class SweepSpec:
     """Everything a sweep needs, as plain values (built by the CLI from the config)."""
 
-    data: DataSpec
+    data: DataConfig
     search_space: dict
-    tuner: TunerSpec = field(default_factory=TunerSpec)
-    training: TrainingSpec = field(default_factory=TrainingSpec)
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     root: str = "outputs"
     name: str | None = None
     resume: bool = True
     seed: int = 0
-    final_fit: bool = True
-    final_fit_epochs: int | None = None
+    final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
     config: dict = field(default_factory=dict)   # the composed config, for the records
 
     @property
@@ -71,22 +72,11 @@ def validate(spec: SweepSpec) -> SearchSpace:
     Raises:
         UserError: naming the first bad key.
     """
+    check_version()
     space = SearchSpace.from_config(spec.search_space)
     check_sweep_name(spec.name)
-    spec.tuner.validate()
-    training = spec.training
-    if training.epochs < 1:
-        raise UserError(f"training.epochs must be >= 1, got {training.epochs}")
-    if training.batch_size < 1:
-        raise UserError(f"training.batch_size must be >= 1, got {training.batch_size}")
-    patience = training.early_stopping_patience
-    if patience is not None and patience < 1:
-        raise UserError(f"training.early_stopping_patience must be >= 1 or null, got {patience}")
-    if training.jit_compile not in (True, False, "auto"):
-        raise UserError(f"training.jit_compile must be true, false or auto, "
-                        f"got {training.jit_compile!r}")
-    if spec.final_fit_epochs is not None and spec.final_fit_epochs < 1:
-        raise UserError(f"final_fit.epochs must be >= 1 or null, got {spec.final_fit_epochs}")
+    for group in (spec.data, spec.tuner, spec.training, spec.final_fit):
+        group.validate()
     if spec.tuner.name == "grid":
         for dim in space.dims.values():
             if dim.is_range and dim.step is None and not isinstance(dim.min, int):
@@ -199,7 +189,7 @@ def _read_state(directory: Path) -> dict | None:
     return state if isinstance(state, dict) and state.get("name") == directory.name else None
 
 
-def _search(tuner: SweepTuner, data: Dataset, training: TrainingSpec) -> str | None:
+def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> str | None:
     """Run the search; returns why it stopped early, or None."""
     callbacks = []
     if training.early_stopping_patience:
@@ -212,11 +202,11 @@ def _search(tuner: SweepTuner, data: Dataset, training: TrainingSpec) -> str | N
                      validation_data=(data.x_val, data.y_val),
                      epochs=training.epochs, batch_size=training.batch_size,
                      callbacks=callbacks, verbose=0)
-    except RuntimeError as error:  # keras-tuner: too many consecutive failed trials
-        if "consecutive failures" not in str(error):
+    except RuntimeError as error:
+        reason = failure_stop_reason(error)   # too many consecutive failed trials
+        if reason is None:
             raise
-        lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        return f"{lines[0]} Last reason: {lines[-1].strip()}"
+        return reason
     if tuner.out_of_time:
         return f"time budget tuner.max_seconds={tuner.max_seconds:g} reached"
     return None
@@ -248,8 +238,8 @@ def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
     result.params = candidate.architecture.params
     result.flops = candidate.architecture.flops
     result.best_val_accuracy = best_metric(best, "val_accuracy")
-    if spec.final_fit:
-        epochs = spec.final_fit_epochs or (int(best.best_step) + 1)
+    if spec.final_fit.enabled:
+        epochs = spec.final_fit.epochs or (int(best.best_step) + 1)
         log.info("final fit: trial %s on train + validation for %d epochs", best.trial_id, epochs)
         model = tuner.hypermodel.build(hp)
         model.fit(np.concatenate([data.x_train, data.x_val]),

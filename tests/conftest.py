@@ -83,22 +83,22 @@ def small_space() -> dict:
 def make_spec(tmp_path):
     """Factory of tiny SweepSpecs under tmp_path: digits (200 training images), 1 epoch.
 
-    Keyword arguments override SweepSpec fields; ``tuner`` and ``training`` may be
-    dicts of TunerSpec / TrainingSpec fields.
+    Keyword arguments override SweepSpec fields; ``tuner``, ``training`` and
+    ``final_fit`` may be dicts of their config fields.
     """
-    from cnnsearch.search.data import DataSpec
-    from cnnsearch.search.hypermodel import TrainingSpec
+    from cnnsearch.search.config import DataConfig, FinalFitConfig, TrainingConfig, TunerConfig
     from cnnsearch.search.sweep import SweepSpec
-    from cnnsearch.search.tuners import TunerSpec
 
     def make(search_space: dict | None = None, tuner: dict | None = None,
-             training: dict | None = None, **fields) -> SweepSpec:
-        tuner = TunerSpec(**{"name": "random", "max_trials": 2, **(tuner or {})})
-        training = TrainingSpec(**{"epochs": 1, "batch_size": 64,
-                                   "early_stopping_patience": None, **(training or {})})
-        defaults = dict(data=DataSpec("digits", limit=200), root=str(tmp_path),
+             training: dict | None = None, final_fit: dict | None = None,
+             **fields) -> SweepSpec:
+        tuner = TunerConfig(**{"name": "random", "max_trials": 2, **(tuner or {})})
+        training = TrainingConfig(**{"epochs": 1, "batch_size": 64,
+                                     "early_stopping_patience": None, **(training or {})})
+        defaults = dict(data=DataConfig("digits", limit=200), root=str(tmp_path),
                         search_space=search_space or load_space("small"),
-                        tuner=tuner, training=training)
+                        tuner=tuner, training=training,
+                        final_fit=FinalFitConfig(**(final_fit or {})))
         return SweepSpec(**{**defaults, **fields})
 
     return make
@@ -106,7 +106,7 @@ def make_spec(tmp_path):
 
 def replace(spec, **changes):
     """dataclasses.replace for nested spec fields given as dicts (tuner=..., training=...)."""
-    for key in ("tuner", "training"):
+    for key in ("tuner", "training", "final_fit"):
         if isinstance(changes.get(key), dict):
             changes[key] = dataclasses.replace(getattr(spec, key), **changes[key])
     return dataclasses.replace(spec, **changes)

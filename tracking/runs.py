@@ -27,12 +27,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from cnnsearch.tracking.config import TrackingConfig
 from cnnsearch.tracking.results import leaderboard, log_plots
 from cnnsearch.tracking.store import (
     TAG_REASON,
     TAG_ROLE,
     TAG_STATUS,
-    TrackingSpec,
     experiment_id,
     open_store,
     process_tags,
@@ -55,7 +55,7 @@ class MlflowRecorder:
         spec: where and under which names to record.
     """
 
-    def __init__(self, spec: TrackingSpec) -> None:
+    def __init__(self, spec: TrackingConfig) -> None:
         self.spec = spec
         self.client: MlflowClient = open_store(spec)
         self.experiment_id = experiment_id(self.client, spec)

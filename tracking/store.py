@@ -7,16 +7,15 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from cnnsearch.tracking.config import TrackingConfig, TrackingMode
+
 log = logging.getLogger(__name__)
 
-MODES = ("local", "server", "none")
 TAG_ROLE = "cnnsearch.role"
 TAG_HOST = "cnnsearch.host"
 TAG_PID = "cnnsearch.pid"
@@ -28,52 +27,13 @@ class TrackingError(Exception):
     """The tracking store cannot be used (unreachable, not writable): one line for the user."""
 
 
-@dataclass(frozen=True)
-class TrackingSpec:
-    """Plain values from the ``tracking`` config group."""
-
-    mode: str = "local"
-    uri: str | None = None
-    experiment: str = "digits"
-    registered_model: str = "cnnsearch-digits"
-    root: str = "outputs"
-
-    @property
-    def enabled(self) -> bool:
-        return self.mode != "none"
-
-    @property
-    def store_dir(self) -> Path:
-        """Folder of the local store (``mlflow.db`` and artifacts)."""
-        return Path(self.root).resolve() / "mlflow"
-
-    @property
-    def tracking_uri(self) -> str:
-        if self.mode == "server":
-            return self.uri or ""
-        return self.uri or f"sqlite:///{self.store_dir / 'mlflow.db'}"
-
-    @property
-    def store_exists(self) -> bool:
-        """False for a local store not created yet (readers must not create it)."""
-        return self.mode != "local" or bool(self.uri) or (self.store_dir / "mlflow.db").exists()
-
-    @property
-    def artifact_location(self) -> str | None:
-        """Artifacts beside a local store; a server decides its own."""
-        return (self.store_dir / "artifacts").as_uri() if self.mode == "local" else None
-
-
-def open_store(spec: TrackingSpec) -> MlflowClient:
+def open_store(spec: TrackingConfig) -> MlflowClient:
     """Check the store is usable and return a client for it.
 
     Raises:
-        TrackingError: bad mode, unreachable server or non-writable folder.
+        TrackingError: unreachable server or non-writable folder.
     """
-    if spec.mode not in MODES:
-        raise TrackingError(f"tracking.mode {spec.mode!r} is unknown; choose from "
-                            f"{', '.join(MODES)}")
-    if spec.mode == "server":
+    if spec.mode == TrackingMode.server:
         _check_server(spec.uri)
     else:
         try:
@@ -86,7 +46,7 @@ def open_store(spec: TrackingSpec) -> MlflowClient:
     return MlflowClient(spec.tracking_uri)
 
 
-def experiment_id(client: MlflowClient, spec: TrackingSpec, create: bool = True) -> str | None:
+def experiment_id(client: MlflowClient, spec: TrackingConfig, create: bool = True) -> str | None:
     """The id of the configured experiment, created if needed (and allowed)."""
     experiment = client.get_experiment_by_name(spec.experiment)
     if experiment is not None:

@@ -35,6 +35,11 @@ BAD_INPUTS = {
     "unknown command": ["frobnicate"],
     "sweep.name absolute": ["sweep", "sweep.name=/etc/passwd"],
     "sweep.name traversal": ["sweep", "sweep.name=../../x", "sweep.resume=false"],
+    "tuner.factor": ["sweep", "tuner=hyperband", "tuner.factor=1"],
+    "ui.port high": ["ui", "ui.port=70000"],
+    "ui.port negative": ["ui", "ui.port=-1"],
+    "results.top": ["results", "results.top=-3"],
+    "tracking.mode": ["sweep", "tracking.mode=cloud"],
 }
 NAMED = {  # label -> what its one-line error must name: the key, the bad value, choices
     "training.epochz=3": ["epochz", "allowed keys", "epochs"],
@@ -53,6 +58,11 @@ NAMED = {  # label -> what its one-line error must name: the key, the bad value,
     "unknown command": ["frobnicate", "sweep"],
     "sweep.name absolute": ["sweep.name", "plain folder name"],
     "sweep.name traversal": ["sweep.name", "../../x", "plain folder name"],
+    "tuner.factor": ["tuner.factor", ">= 2", "got 1"],
+    "ui.port high": ["ui.port", "65535", "70000"],
+    "ui.port negative": ["ui.port", "-1"],
+    "results.top": ["results.top", ">= 1", "-3"],
+    "tracking.mode": ["tracking.mode", "cloud", "local, server, none"],
 }
 
 

@@ -11,13 +11,18 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cnnsearch.search.commands import sweep_spec, tracking_spec
-from cnnsearch.search.config import register_configs
-from cnnsearch.search.data import DataSpec, load_dataset
+from cnnsearch.search.config import (
+    DataConfig,
+    FinalFitConfig,
+    TrainingConfig,
+    TunerConfig,
+    TunerName,
+    register_configs,
+)
+from cnnsearch.search.data import load_dataset
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.hypermodel import TrainingSpec
 from cnnsearch.search.space import KEYS, SearchSpace
 from cnnsearch.search.sweep import SweepSpec, validate
-from cnnsearch.search.tuners import TunerSpec
 from cnnsearch.tracking.store import TrackingError, open_store
 from tests.conftest import CONF_DIR, load_space
 
@@ -99,15 +104,15 @@ def test_sweep_spec_builds_typed_values_for_digits(compose_config, tmp_path):
                          "sweep.name=mine", "sweep.resume=false", "final_fit.epochs=2")
     spec = sweep_spec(cfg)
     assert isinstance(spec, SweepSpec)
-    assert spec.data == DataSpec("digits", val_fraction=0.1, test_fraction=0.2, limit=200)
-    assert isinstance(spec.tuner, TunerSpec)
-    assert (spec.tuner.name, spec.tuner.max_trials) == ("grid", 4)
-    assert spec.training == TrainingSpec(epochs=1, batch_size=cfg.training.batch_size,
-                                         early_stopping_patience=cfg.training
-                                         .early_stopping_patience)
+    assert spec.data == DataConfig("digits", val_fraction=0.1, test_fraction=0.2, limit=200)
+    assert isinstance(spec.tuner, TunerConfig)
+    assert (spec.tuner.name, spec.tuner.max_trials) == (TunerName.grid, 4)
+    assert spec.training == TrainingConfig(epochs=1, batch_size=cfg.training.batch_size,
+                                           early_stopping_patience=cfg.training
+                                           .early_stopping_patience)
     assert spec.search_space == load_space("small")
     assert (spec.seed, spec.name, spec.resume) == (3, "mine", False)
-    assert (spec.final_fit, spec.final_fit_epochs) == (True, 2)
+    assert spec.final_fit == FinalFitConfig(enabled=True, epochs=2)
     assert spec.root == str(tmp_path)
     assert spec.directory == tmp_path.resolve() / "sweeps" / "mine"
     # plain containers all the way down: the spec is free of DictConfig
@@ -141,6 +146,11 @@ def test_tracking_server_without_uri_is_a_user_error(compose_config, tmp_path):
     ("training.epochs=abc", "epochs"),
     ("tuner.max_trials=many", "max_trials"),
     ("training.mixed_precision=maybe", "mixed_precision"),
+    ("data.name=imagenet", "digits, mnist, fashion_mnist"),
+    ("data.color_mode=cmyk", "grayscale, rgb"),
+    ("tuner.objective=val_f1", "val_accuracy, accuracy, val_loss, loss"),
+    ("tuner.direction=up", "min, max"),
+    ("tracking.mode=cloud", "local, server, none"),
 ])
 def test_misspelled_key_or_wrong_type_fails_at_compose_time(compose_config, override, key):
     with pytest.raises((HydraException, OmegaConfBaseException)) as info:

@@ -6,7 +6,8 @@ import pytest
 
 from cnnsearch.models.architecture import Architecture, Block, Head
 from cnnsearch.models.cnn import OPTIMIZERS, build_model, compile_model
-from cnnsearch.search.data import DataSpec, load_dataset
+from cnnsearch.search.config import DataConfig
+from cnnsearch.search.data import load_dataset
 from tests.conftest import run_without_cnnsearch
 
 
@@ -53,7 +54,7 @@ def test_compile_and_train_on_batch(optimizer):
 
 def test_tiny_training_on_digits_is_far_above_chance():
     keras.utils.set_random_seed(0)
-    data = load_dataset(DataSpec("digits"), seed=0)
+    data = load_dataset(DataConfig("digits"), seed=0)
     model = build_model(_digits_architecture(data.input_shape, data.num_classes))
     compile_model(model, "adam", 3e-3)
     # 10 epochs (~3 s on 2 cores): 5 epochs reach only 0.83-0.94 depending on the seed.

@@ -25,7 +25,8 @@ from cnnsearch.models.export import (
     missing_packages,
     predict_with_runtime,
 )
-from cnnsearch.search.data import DataSpec, load_dataset
+from cnnsearch.search.config import DataConfig
+from cnnsearch.search.data import load_dataset
 from cnnsearch.search.export import FLOAT_TOLERANCE, QUANTIZED_AGREEMENT, parity
 from tests.conftest import run_without_cnnsearch
 
@@ -48,7 +49,7 @@ def _trained(arch: Architecture, data, epochs: int, learning_rate: float) -> ker
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset(DataSpec("digits"), 0)
+    return load_dataset(DataConfig("digits"), 0)
 
 
 @pytest.fixture(scope="module")

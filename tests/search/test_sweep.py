@@ -23,8 +23,7 @@ from tests.conftest import replace
     ({"training": {"epochs": 0}}, ["training.epochs", ">= 1"]),
     ({"training": {"batch_size": 0}}, ["training.batch_size"]),
     ({"tuner": {"max_trials": 0}}, ["tuner.max_trials", ">= 1"]),
-    ({"tuner": {"name": "annealing"}}, ["tuner.name", "annealing", "random, bayesian"]),
-    ({"tuner": {"objective": "val_f1"}}, ["tuner.objective", "val_f1", "val_accuracy"]),
+    ({"tuner": {"name": "hyperband", "factor": 1}}, ["tuner.factor", ">= 2"]),
     ({"tuner": {"name": "grid"}, "space": {"dense_units": [32],
                                            "dropout": {"min": 0.0, "max": 0.5}}},
      ["tuner=grid", "search_space.dropout", "step"]),
@@ -33,7 +32,7 @@ from tests.conftest import replace
      ["tuner=grid", "search_space.learning_rate"]),
     ({"space": {"pooling": ["median"]}}, ["search_space.pooling", "median", "max, avg, sum"]),
     ({"space": {"filterz": [8]}}, ["filterz", "allowed"]),
-], ids=["epochs=0", "batch_size=0", "max_trials=0", "unknown-tuner", "objective=val_f1",
+], ids=["epochs=0", "batch_size=0", "max_trials=0", "hyperband-factor=1",
         "grid-unstepped-float", "grid-log-range", "pooling=median", "unknown-key"])
 def test_bad_values_are_one_line_user_errors_before_any_work(make_spec, small_space, tmp_path,
                                                              changes, words):
@@ -80,7 +79,7 @@ def test_a_folder_cnnsearch_did_not_create_is_never_touched(make_spec, tmp_path,
 
 
 def test_a_fresh_start_empties_only_its_own_sweep_folder(make_spec, tmp_path):
-    spec = make_spec(name="mine", tuner={"max_trials": 1}, final_fit=False)
+    spec = make_spec(name="mine", tuner={"max_trials": 1}, final_fit={"enabled": False})
     run_sweep(spec)
     leftover = tmp_path / "sweeps" / "mine" / "old.txt"
     leftover.write_text("from the first run")
@@ -90,7 +89,7 @@ def test_a_fresh_start_empties_only_its_own_sweep_folder(make_spec, tmp_path):
 
 
 def test_resume_runs_only_the_missing_trials(make_spec, recorder):
-    spec = make_spec(tuner={"max_trials": 2}, final_fit=False)
+    spec = make_spec(tuner={"max_trials": 2}, final_fit={"enabled": False})
     first, _ = run_sweep(spec, [recorder])
     assert first.n_completed == 2
     done = set(recorder.started)
@@ -117,7 +116,7 @@ def test_resume_runs_only_the_missing_trials(make_spec, recorder):
 
 
 def test_a_changed_space_never_resumes_an_old_sweep(make_spec, small_space):
-    spec = make_spec(small_space, tuner={"max_trials": 1}, final_fit=False)
+    spec = make_spec(small_space, tuner={"max_trials": 1}, final_fit={"enabled": False})
     run_sweep(spec)
     state = (spec.directory / STATE_FILE).read_text()
     changed = {**small_space, "filters": [8]}

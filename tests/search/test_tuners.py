@@ -11,11 +11,10 @@ import pytest
 
 import cnnsearch.search.hypermodel
 import cnnsearch.search.sweep
-import cnnsearch.search.tuners
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.hypermodel import CNNHyperModel
+from cnnsearch.search.kt_internals import BestEpochInMemory
 from cnnsearch.search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
-from cnnsearch.search.tuners import TUNERS
 
 # On 8x8 digits with `valid` padding only 1-block candidates fit (every 2- and 3-block
 # one shrinks a map below its window); the orders put infeasible ones first for the grid.
@@ -64,7 +63,7 @@ def failing_build(monkeypatch):
 def test_infeasible_candidates_are_skipped_not_trained(make_spec, small_space, built, recorder,
                                                       tuner):
     space = {**small_space, **MOSTLY_INFEASIBLE}
-    spec = make_spec(space, tuner={"name": tuner, "max_trials": 3}, final_fit=False)
+    spec = make_spec(space, tuner={"name": tuner, "max_trials": 3}, final_fit={"enabled": False})
     result, _ = run_sweep(spec, [recorder])
 
     assert built, "no candidate was built"
@@ -101,7 +100,7 @@ def test_candidates_over_the_parameter_budget_are_skipped(make_spec, small_space
     # Of the small space's 84 candidates only the 9 with two 8-filter blocks and no dense
     # layer have fewer than 1,000 parameters (994); the smallest 1-block one has 1,370.
     budget = 1000
-    spec = make_spec({**small_space, "max_params": budget}, final_fit=False,
+    spec = make_spec({**small_space, "max_params": budget}, final_fit={"enabled": False},
                      tuner={"max_trials": 1})
     result, _ = run_sweep(spec, [recorder])
 
@@ -124,7 +123,7 @@ def test_failed_builds_and_nan_losses_fail_their_trials_only(make_spec, small_sp
     failing_build(lambda arch: arch.blocks[0].filters == 8)
     space = {**small_space, "num_blocks": [1], "filters": [8, 16], "pooling": ["max"],
              "dense_units": [0], "learning_rate": [0.003, 1e30], "optimizer": ["sgd"]}
-    spec = make_spec(space, tuner={"name": "grid", "max_trials": 4}, final_fit=False)
+    spec = make_spec(space, tuner={"name": "grid", "max_trials": 4}, final_fit={"enabled": False})
     result, _ = run_sweep(spec, [recorder])
 
     assert (result.n_completed, result.n_failed, result.n_skipped) == (1, 3, 0)
@@ -167,7 +166,8 @@ def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, m
             return super().fit(hp, model, *args, **kwargs)
 
     monkeypatch.setattr(cnnsearch.search.sweep, "CNNHyperModel", RecordingHyperModel)
-    spec = make_spec(small_space, training={"early_stopping_patience": 2}, final_fit=False)
+    spec = make_spec(small_space, training={"early_stopping_patience": 2},
+                     final_fit={"enabled": False})
     result, _ = run_sweep(spec, [])
 
     assert result.n_completed == 2
@@ -177,7 +177,7 @@ def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, m
 def test_the_best_epoch_checkpoint_is_written_once_with_the_best_weights(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = tmp_path / "checkpoint.weights.h5"
-    checkpoint = cnnsearch.search.tuners._BestEpochInMemory(kt.Objective("val_accuracy", "max"),
+    checkpoint = BestEpochInMemory(kt.Objective("val_accuracy", "max"),
                                                   str(path))
     checkpoint.set_model(model)
     best = model.get_weights()
@@ -204,7 +204,7 @@ def test_trials_leave_no_graph_behind_in_tensorflows_gradient_registry(make_spec
                 if name.startswith("CustomGradient-")}
 
     before = custom_gradients()
-    spec = make_spec(small_space, tuner={"max_trials": 3}, final_fit=False)
+    spec = make_spec(small_space, tuner={"max_trials": 3}, final_fit={"enabled": False})
     result, _ = run_sweep(spec, [])
 
     assert result.n_completed == 3
@@ -237,7 +237,6 @@ def test_each_tuner_runs_a_tiny_sweep(make_spec, small_space, recorder, name):
                                          "factor": 2})
     result, model = run_sweep(spec, [recorder])
 
-    assert name in TUNERS
     assert result.test_accuracy is not None and 0 <= result.test_accuracy <= 1
     assert result.best_val_accuracy is not None
     assert result.n_failed == 0
@@ -262,7 +261,7 @@ def test_observers_see_every_trial_and_epoch(make_spec, small_space, recorder):
     space = {**small_space, "num_blocks": [2, 1], "filters": [8], "pooling": ["max"],
              "dense_units": [0]}
     spec = make_spec(space, tuner={"name": "grid", "max_trials": 5},
-                     training={"epochs": 2}, final_fit=False)
+                     training={"epochs": 2}, final_fit={"enabled": False})
     result, _ = run_sweep(spec, [recorder])
 
     kinds = [event for event, *_ in recorder.events]

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cnnsearch.search.data import DataSpec, load_dataset
+from cnnsearch.search.config import DataConfig
+from cnnsearch.search.data import load_dataset
 from tests.conftest import run_without_cnnsearch
 from tests.tracking.conftest import (
     QUICK,
@@ -198,7 +199,7 @@ LOAD_EVERY_WAY = """
 
 
 def test_saved_and_registered_models_load_and_predict_without_cnnsearch(swept, tmp_path):
-    images = load_dataset(DataSpec("digits", limit=200), seed=0).x_test[:16].astype("float32")
+    images = load_dataset(DataConfig("digits", limit=200), seed=0).x_test[:16].astype("float32")
     np.save(tmp_path / "x.npy", images)
     done = run_without_cnnsearch(LOAD_EVERY_WAY.replace("REGISTERED", REGISTERED_MODEL),
                                  store_uri(swept.root), swept.sweep_dir,

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from cnnsearch.tracking.config import TrackingConfig
 from cnnsearch.tracking.store import (
     TrackingError,
-    TrackingSpec,
     open_store,
     process_tags,
     reconcile_stale_runs,
@@ -72,7 +72,7 @@ def test_process_tags_name_this_process():
 
 
 def test_local_store_lives_under_the_root(tmp_path):
-    spec = TrackingSpec(root=str(tmp_path))
+    spec = TrackingConfig(root=str(tmp_path))
     assert spec.tracking_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     assert spec.artifact_location == (tmp_path / "mlflow" / "artifacts").as_uri()
     open_store(spec)
@@ -80,11 +80,10 @@ def test_local_store_lives_under_the_root(tmp_path):
 
 
 @pytest.mark.parametrize(("spec", "words"), [
-    (TrackingSpec(mode="cloud"), ["tracking.mode", "cloud", "local, server, none"]),
-    (TrackingSpec(mode="server", uri="127.0.0.1:5000"), ["tracking.uri", "http://"]),
-    (TrackingSpec(mode="server", uri="http://127.0.0.1:9"),
+    (TrackingConfig(mode="server", uri="127.0.0.1:5000"), ["tracking.uri", "http://"]),
+    (TrackingConfig(mode="server", uri="http://127.0.0.1:9"),
      ["tracking.uri=http://127.0.0.1:9", "unreachable"]),
-    (TrackingSpec(root="/proc/cnnsearch-test"), ["/proc/cnnsearch-test/mlflow"]),
+    (TrackingConfig(root="/proc/cnnsearch-test"), ["/proc/cnnsearch-test/mlflow"]),
 ])
 def test_unusable_stores_are_one_line_errors(spec, words):
     with pytest.raises(TrackingError) as info:

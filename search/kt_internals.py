@@ -1,0 +1,120 @@
+"""Every use of keras-tuner's private API, in one place, for the tested versions only.
+
+cnnsearch needs a few things keras-tuner does not make public: a hook on each random
+draw (to skip infeasible candidates), the oracle's record of tried values, a hook on
+each execution's callbacks, the best-epoch checkpoint class, the switch that builds
+a model per hyperparameter condition, and the failure stop, which keras-tuner raises
+as a plain RuntimeError. Each is wrapped here under a public name, so an upgrade of
+keras-tuner touches this file only, and an untested version fails at once with one
+clear line instead of misbehaving in the middle of a sweep.
+"""
+
+from __future__ import annotations
+
+import keras_tuner as kt
+from keras_tuner.src.engine.tuner_utils import SaveBestEpoch, TunerCallback
+
+from cnnsearch.search.errors import UserError
+
+TESTED_VERSIONS = ("1.4.8",)
+
+
+def check_version() -> None:
+    """Raises UserError if the installed keras-tuner is not one cnnsearch was tested with."""
+    if kt.__version__ not in TESTED_VERSIONS:
+        raise UserError(f"keras-tuner {kt.__version__} is not supported (cnnsearch uses its "
+                        f"internals, tested with {', '.join(TESTED_VERSIONS)}): "
+                        f"pip install 'keras-tuner=={TESTED_VERSIONS[-1]}'")
+
+
+class FilteredDraws:
+    """Oracle mixin: a random draw is kept only if ``accept(values)`` says so.
+
+    Rejected draws are remembered as tried (never drawn again) and replaced by
+    another draw, up to ``max_draws`` per request.
+    """
+
+    max_draws = 1000
+
+    def accept(self, values: dict) -> bool:
+        return True
+
+    def random_values(self) -> dict | None:
+        """An accepted random draw, or None when the space seems exhausted."""
+        return self._random_values()
+
+    def _random_values(self):   # keras-tuner calls it for every random draw
+        for _ in range(self.max_draws):
+            values = super()._random_values()
+            if values is None or self.accept(values):
+                return values
+        return None
+
+    def mark_tried(self, values: dict) -> None:
+        self._tried_so_far.add(self._compute_values_hash(values))
+
+    def was_tried(self, values: dict) -> bool:
+        return self._duplicate(values)
+
+
+class TunerHooks:
+    """Tuner mixin: ``adapt_callback`` sees each callback of each execution of a trial,
+    and a hypermodel that declares its whole space up front is built once per trial.
+    """
+
+    def adapt_callback(self, callback, trial_id: str):
+        return callback
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        kwargs["callbacks"] = [self.adapt_callback(callback, trial.trial_id)
+                               for callback in kwargs.get("callbacks", [])]
+        return super()._build_and_fit_model(trial, *args, **kwargs)
+
+    def _activate_all_conditions(self):
+        # The hypermodel's declare_hyperparameters already registered every conditional
+        # hyperparameter; keras-tuner would otherwise build a model per condition.
+        pass
+
+
+def is_best_epoch_checkpoint(callback) -> bool:
+    """True for keras-tuner's own best-epoch checkpoint (exactly that class)."""
+    return type(callback) is SaveBestEpoch
+
+
+def is_tuner_callback(callback) -> bool:
+    """True for the callback keras-tuner adds to report epochs to the tuner."""
+    return isinstance(callback, TunerCallback)
+
+
+class BestEpochInMemory(SaveBestEpoch):
+    """keras-tuner's best-epoch checkpoint, written once when training ends.
+
+    keras-tuner writes the weights file at every improving epoch (~40 ms, a fifth
+    of an epoch of a small model on digits); this keeps a copy in memory instead.
+    Same file, same semantics (Hyperband's hand-over and ``get_best_models`` read it).
+    """
+
+    best_weights: list | None = None
+
+    def _save_model(self):
+        self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is None:  # this execution did not beat an earlier one
+            return
+        last = self.model.get_weights()
+        self.model.set_weights(self.best_weights)
+        super()._save_model()
+        self.model.set_weights(last)
+        self.best_weights = None
+
+
+def failure_stop_reason(error: BaseException) -> str | None:
+    """Why keras-tuner stopped the search after too many failed trials, or None.
+
+    keras-tuner raises a plain RuntimeError for it; only its message tells.
+    """
+    if not isinstance(error, RuntimeError) or "consecutive failures" not in str(error):
+        return None
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{lines[0]} Last reason: {lines[-1].strip()}"

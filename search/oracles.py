@@ -1,0 +1,128 @@
+"""What to try: keras-tuner's oracles, drawing only feasible candidates.
+
+An infeasible or over-budget candidate is counted and replaced by another draw: it
+never becomes a trial, so it neither uses up ``max_trials`` nor counts as a failure.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import keras_tuner as kt
+
+from cnnsearch.search.config import TunerConfig
+from cnnsearch.search.kt_internals import FilteredDraws
+
+TrialStatus = kt.engine.trial.TrialStatus
+
+
+class _FeasibleDraws(FilteredDraws):
+    """Oracle mixin: infeasible draws are counted, remembered and drawn again."""
+
+    skip_check: Callable[[dict], str | None]
+    on_skip: Callable[[str, dict], None]
+
+    def init_skips(self, skip_check, on_skip) -> None:
+        self.skip_check, self.on_skip = skip_check, on_skip
+        self.skipped: Counter[str] = Counter()
+
+    def accept(self, values: dict) -> bool:
+        reason = self.skip_check(values)
+        if reason is None:
+            return True
+        self.skipped[reason] += 1
+        self.mark_tried(values)
+        self.on_skip(reason, values)
+        return False
+
+    def get_state(self):
+        return {**super().get_state(), "skipped": dict(self.skipped)}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.skipped = Counter(state.get("skipped", {}))
+
+
+class RandomOracle(_FeasibleDraws, kt.oracles.RandomSearchOracle):
+    """Random search over feasible candidates."""
+
+
+class HyperbandOracle(_FeasibleDraws, kt.oracles.HyperbandOracle):
+    """Hyperband; new brackets start from feasible random candidates."""
+
+
+class BayesianOracle(_FeasibleDraws, kt.oracles.BayesianOptimizationOracle):
+    """Gaussian-process search; an infeasible proposal is replaced by a feasible random one."""
+
+    def populate_space(self, trial_id):
+        response = super().populate_space(trial_id)
+        if response["status"] != TrialStatus.RUNNING or self.accept(response["values"]):
+            return response
+        values = self.random_values()
+        if values is None:
+            return {"status": TrialStatus.STOPPED, "values": None}
+        return {"status": TrialStatus.RUNNING, "values": values}
+
+
+class GridOracle(_FeasibleDraws, kt.Oracle):
+    """Every combination of the space in a fixed order, infeasible ones skipped."""
+
+    def populate_space(self, trial_id):
+        for values in _grid(self.get_space()):
+            if not self.was_tried(values) and self.accept(values):
+                return {"status": TrialStatus.RUNNING, "values": values}
+        return {"status": TrialStatus.STOPPED, "values": None}
+
+
+def _grid(space: kt.HyperParameters) -> Iterator[dict]:
+    """All distinct active-value combinations, conditions respected (depth first)."""
+
+    def walk(index: int, hps: kt.HyperParameters) -> Iterator[dict]:
+        if index == len(space.space):
+            yield dict(hps.values)
+            return
+        hp = space.space[index]
+        hps.merge([hp])
+        if not hps.is_active(hp):
+            yield from walk(index + 1, hps)
+            return
+        for value in hp.values:
+            hps.values[hp.name] = value
+            yield from walk(index + 1, hps)
+        del hps.values[hp.name]
+
+    seen = set()
+    for values in walk(0, kt.HyperParameters()):
+        key = tuple(sorted(values.items()))
+        if key not in seen:
+            seen.add(key)
+            yield values
+
+
+def make_oracle(spec: TunerConfig, seed: int, skip_check: Callable[[dict], str | None],
+                on_skip: Callable[[str, dict], None]) -> kt.Oracle:
+    """The configured oracle.
+
+    Args:
+        spec: tuner name and knobs.
+        seed: random seed of the oracle.
+        skip_check: why a candidate (its hyperparameter values) must not be trained, or None.
+        on_skip: told of each skipped candidate (reason, values).
+    """
+    common = dict(objective=kt.Objective(spec.objective, spec.objective_direction), seed=seed,
+                  max_retries_per_trial=spec.max_retries_per_trial,
+                  max_consecutive_failed_trials=spec.max_consecutive_failed_trials)
+    if spec.name == "hyperband":
+        oracle = HyperbandOracle(max_epochs=spec.max_epochs, factor=spec.factor,
+                                 hyperband_iterations=spec.hyperband_iterations, **common)
+    elif spec.name == "bayesian":
+        oracle = BayesianOracle(max_trials=spec.max_trials,
+                                num_initial_points=spec.num_initial_points,
+                                alpha=spec.alpha, beta=spec.beta, **common)
+    elif spec.name == "grid":
+        oracle = GridOracle(max_trials=spec.max_trials, **common)
+    else:
+        oracle = RandomOracle(max_trials=spec.max_trials, **common)
+    oracle.init_skips(skip_check, on_skip)
+    return oracle

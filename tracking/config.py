@@ -1,0 +1,50 @@
+"""The ``tracking`` config group: where MLflow runs go (no MLflow import here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+
+class TrackingMode(StrEnum):
+    local = "local"     # a SQLite store under tracking.root
+    server = "server"   # an MLflow tracking server at tracking.uri
+    none = "none"       # no MLflow at all
+
+
+@dataclass
+class TrackingConfig:
+    """The ``tracking`` group; also the plain values tracking/ works with."""
+
+    mode: TrackingMode = TrackingMode.local
+    uri: str | None = None
+    experiment: str = "${data.name}"
+    registered_model: str = "cnnsearch-${data.name}"
+    root: str = "${paths.root}"   # the local store lives in <root>/mlflow
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != TrackingMode.none
+
+    @property
+    def store_dir(self) -> Path:
+        """Folder of the local store (``mlflow.db`` and artifacts)."""
+        return Path(self.root).resolve() / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mode == TrackingMode.server:
+            return self.uri or ""
+        return self.uri or f"sqlite:///{self.store_dir / 'mlflow.db'}"
+
+    @property
+    def store_exists(self) -> bool:
+        """False for a local store not created yet (readers must not create it)."""
+        return (self.mode != TrackingMode.local or bool(self.uri)
+                or (self.store_dir / "mlflow.db").exists())
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifacts beside a local store; a server decides its own."""
+        return (self.store_dir / "artifacts").as_uri() if self.mode == TrackingMode.local else None
