@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from cnnsearch.search import idx
 from cnnsearch.search.config import DataConfig
 from cnnsearch.search.errors import UserError
 
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
+# Where a system package installs a data set's IDX files (read before asking Keras).
+SYSTEM_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
+SYSTEM_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 KERAS_CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "mnist": tuple(str(i) for i in range(10)),
     "fashion_mnist": (
@@ -161,6 +165,45 @@ def _load_keras(spec: DataConfig, seed: int) -> _Loaded:
         y_test.reshape(-1).astype(np.int32),
         KERAS_CLASS_NAMES[spec.name],
     )
+
+
+def _load_idx(spec: DataConfig, seed: int) -> _Loaded:
+    """MNIST or Fashion-MNIST from the authors' IDX files, the first source found.
+
+    ``data.path`` (a folder) when given; else the folder a system package installs
+    (Debian's ``dataset-fashion-mnist``); else ``keras.datasets``, which reads its cache
+    in ~/.keras/datasets or downloads.
+    """
+    class_names = KERAS_CLASS_NAMES[spec.name]
+    system = SYSTEM_FOLDERS.get(spec.name)
+    if spec.path:
+        folder = Path(spec.path).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"data.path {folder} is not a folder (data={spec.name} reads the "
+                            f"IDX files {', '.join(idx.FILES.values())} in it)")
+    elif system is not None and idx.has_files(system):
+        folder = system
+    else:
+        try:
+            return _load_keras(spec, seed)
+        except UserError as exc:
+            raise UserError(_where_to_get(spec.name, exc.__cause__)) from exc.__cause__
+    logger.info("data=%s: IDX files in %s", spec.name, folder)
+    arrays = idx.load_folder(folder, len(class_names))
+    return _Loaded(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   class_names)
+
+
+def _where_to_get(name: str, download_error: BaseException | None) -> str:
+    """One line naming every way to give cnnsearch this data set offline."""
+    ways = [f"data.path=FOLDER holding its IDX files ({', '.join(idx.FILES.values())}, "
+            "plain or .gz)"]
+    if name in SYSTEM_PACKAGES:
+        ways.append(f"`apt-get install {SYSTEM_PACKAGES[name]}` (puts them in "
+                    f"{SYSTEM_FOLDERS[name]})")
+    ways.append("a Keras cache in ~/.keras/datasets (filled by keras.datasets when online; "
+                f"download failed: {_short_reason(download_error or Exception('unknown'))})")
+    return f"data={name}: no data found; give " + ", or ".join(ways)
 
 
 def _short_reason(exc: Exception, max_chars: int = 160) -> str:
@@ -319,8 +362,8 @@ def _open_image(file: Path, color_mode: str, size: tuple[int, int] | None) -> "I
 
 _LOADERS: dict[str, Callable[[DataConfig, int], _Loaded]] = {
     "digits": _load_digits,
-    "mnist": _load_keras,
-    "fashion_mnist": _load_keras,
+    "mnist": _load_idx,
+    "fashion_mnist": _load_idx,
     "cifar10": _load_keras,
     "npz": _load_npz,
     "image_folder": _load_image_folder,

@@ -40,6 +40,7 @@ BAD_INPUTS = {
     "ui.port negative": ["ui", "ui.port=-1"],
     "results.top": ["results", "results.top=-3"],
     "tracking.mode": ["sweep", "tracking.mode=cloud"],
+    "data.path idx": ["sweep", "data=fashion_mnist", "data.path=/does/not/exist"],
 }
 NAMED = {  # label -> what its one-line error must name: the key, the bad value, choices
     "training.epochz=3": ["epochz", "allowed keys", "epochs"],
@@ -63,6 +64,7 @@ NAMED = {  # label -> what its one-line error must name: the key, the bad value,
     "ui.port negative": ["ui.port", "-1"],
     "results.top": ["results.top", ">= 1", "-3"],
     "tracking.mode": ["tracking.mode", "cloud", "local, server, none"],
+    "data.path idx": ["data.path", "/does/not/exist", "not a folder"],
 }
 
 

@@ -1,5 +1,6 @@
 """Tests for search.data: every source is built offline in tmp_path or bundled with sklearn."""
 
+import gzip
 from pathlib import Path
 
 import keras
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnsearch.search import data as data_module
 from cnnsearch.search.config import DataConfig
-from cnnsearch.search.data import load_dataset
+from cnnsearch.search.data import KERAS_CLASS_NAMES, load_dataset
 from cnnsearch.search.errors import UserError
 
 NPZ_LABELS = (3, 5, 7)
@@ -270,16 +272,115 @@ def test_image_folder_unreadable_image_named(tmp_path):
 # keras datasets ----------------------------------------------------------------------------
 
 
-def test_keras_dataset_offline_suggests_digits(monkeypatch):
-    def no_network():
-        raise Exception("URL fetch failure on https://example.invalid/mnist.npz: None")
+def _no_network():
+    raise Exception("URL fetch failure on https://example.invalid/data: None")
 
-    monkeypatch.setattr(keras.datasets.mnist, "load_data", no_network)
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_data_set_nowhere_names_every_way_to_get_it(monkeypatch, tmp_path, name):
+    monkeypatch.setattr(getattr(keras.datasets, name), "load_data", _no_network)
+    monkeypatch.setitem(data_module.SYSTEM_FOLDERS, "fashion_mnist", tmp_path / "empty")
     with pytest.raises(UserError) as info:
-        load_dataset(DataConfig("mnist"), seed=0)
+        load_dataset(DataConfig(name), seed=0)
     message = str(info.value)
-    assert "data=mnist" in message and "data=digits" in message
-    assert "URL fetch failure" in message and "\n" not in message
+    assert "\n" not in message
+    for words in (f"data={name}", "data.path=FOLDER", "train-images-idx3-ubyte",
+                  "~/.keras/datasets", "URL fetch failure"):
+        assert words in message
+    assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fashion_mnist")
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    blob = (bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+            + array.astype(np.uint8).tobytes())
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(blob))
+    else:
+        path.write_bytes(blob)
+    return path
+
+
+def _idx_folder(folder: Path, n_train: int = 60, n_test: int = 20, gz: bool = False) -> Path:
+    """Tiny MNIST-like IDX files: 6x6 images whose mean brightness encodes the label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = np.repeat(labels[:, None, None] * 25, 36, axis=1).reshape(n, 6, 6)
+        _write_idx(folder / f"{split}-images-idx3-ubyte", images, gz)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte", labels, gz)
+    return folder
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzipped"])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_files_from_data_path(tmp_path, name, gz):
+    folder = _idx_folder(tmp_path / "idx", gz=gz)
+    data = load_dataset(DataConfig(name, path=str(folder)), seed=0)
+    assert data.input_shape == (6, 6, 1)
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (54, 6, 20)
+    assert data.x_train.dtype == np.float32 and data.x_train.max() <= 1.0
+    # the pixels still carry their label: nothing was shuffled apart
+    np.testing.assert_allclose(data.x_test[:, 0, 0, 0] * 255, data.y_test * 25, atol=1e-3)
+    assert data.class_names == KERAS_CLASS_NAMES[name]
+
+
+def test_fashion_mnist_from_the_system_folder_before_keras(monkeypatch, tmp_path):
+    monkeypatch.setitem(data_module.SYSTEM_FOLDERS, "fashion_mnist", _idx_folder(tmp_path / "d"))
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", _no_network)
+    data = load_dataset(DataConfig("fashion_mnist", limit=20), seed=0)
+    assert len(data.y_train) == 20 and len(data.y_test) == 20
+
+
+@pytest.mark.skipif(not data_module.SYSTEM_FOLDERS["fashion_mnist"].is_dir(),
+                    reason="apt-get install dataset-fashion-mnist (.ci/run installs it)")
+def test_the_real_fashion_mnist_from_debians_package():
+    data = load_dataset(DataConfig("fashion_mnist", limit=1000), seed=0)
+    assert data.input_shape == (28, 28, 1)
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (1000, 6000, 10000)
+    assert np.bincount(data.y_test).tolist() == [1000] * 10
+
+
+def _corrupt(folder: Path, how: str) -> str:
+    images = folder / "train-images-idx3-ubyte"
+    if how == "magic":
+        images.write_bytes(b"PK\x03\x04" + images.read_bytes()[4:])
+        return "not an IDX file"
+    if how == "truncated":
+        images.write_bytes(images.read_bytes()[:-7])
+        return "truncated"
+    if how == "rank":
+        _write_idx(images, np.zeros((60, 36)))
+        return "expected unsigned bytes in 3 dimensions"
+    if how == "count":
+        _write_idx(folder / "train-labels-idx1-ubyte", np.arange(59) % 10)
+        return "60 train images but 59 labels"
+    if how == "label":
+        _write_idx(folder / "t10k-labels-idx1-ubyte", np.full(20, 12))
+        return "label 12 is out of range 0..9"
+    if how == "missing":
+        (folder / "t10k-labels-idx1-ubyte").unlink()
+        return "has no t10k-labels-idx1-ubyte[.gz]"
+    if how == "bad gzip":
+        images.unlink()
+        (folder / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08 not gzip at all")
+        return "cannot read IDX file"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["magic", "truncated", "rank", "count", "label", "missing",
+                                 "bad gzip"])
+def test_corrupt_idx_files_are_one_line_errors(tmp_path, how):
+    folder = _idx_folder(tmp_path / "idx")
+    words = _corrupt(folder, how)
+    with pytest.raises(UserError) as info:
+        load_dataset(DataConfig("fashion_mnist", path=str(folder)), seed=0)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_idx_data_path_that_is_not_a_folder(tmp_path):
+    with pytest.raises(UserError, match="is not a folder"):
+        load_dataset(DataConfig("mnist", path=str(tmp_path / "nope")), seed=0)
 
 
 def test_keras_cifar10_labels_flattened_and_named(monkeypatch):
