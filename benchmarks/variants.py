@@ -236,12 +236,63 @@ _HEADS = {"flatten": keras.layers.Flatten, "avg": keras.layers.GlobalAveragePool
           "max": keras.layers.GlobalMaxPooling2D}
 
 
+# The search space and training of the plain keras-tuner and Optuna scripts in the
+# Fashion-MNIST benchmark: what a user writes without this project (cnnsearch's default
+# space and training before its Fashion-MNIST tuning), frozen here so that changing our
+# defaults never changes the baselines.
+USER_SPACE: dict[str, Any] = {
+    "num_blocks": [1, 2], "convs_per_block": [1, 2], "filters": [32, 64], "kernel_size": [3],
+    "strides": [1], "padding": ["same"], "activation": ["relu"], "batch_norm": [False, True],
+    "pooling": ["max", "avg", "sum"], "pool_size": [2], "global_pooling": ["flatten"],
+    "dense_units": [64, 128], "dropout": {"min": 0.0, "max": 0.5, "step": 0.25},
+    "learning_rate": {"min": 0.001, "max": 0.005, "sampling": "log"}, "optimizer": ["adam"],
+}
+USER_TRAINING = {"epochs": 30, "patience": 5, "batch_size": 32}
+
+
+def build_plain_model(choose, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """A CNN of the search_space schema in plain Keras; ``choose(key, name)`` gives values.
+
+    Blocks are a plain ``for`` loop (no conditional scopes). Sum pooling has no Keras
+    layer: it uses ours (built-in layers only).
+    """
+    from cnnsearch.models.layers import sum_pooling_2d
+
+    inputs = x = keras.Input(shape=input_shape)
+    for b in range(choose("num_blocks", "num_blocks")):
+        value = {key: choose(key, f"{key}_{b}") for key in (
+            "convs_per_block", "filters", "kernel_size", "strides", "padding",
+            "activation", "batch_norm", "pooling")}
+        for c in range(value["convs_per_block"]):
+            x = keras.layers.Conv2D(value["filters"], value["kernel_size"],
+                                    strides=value["strides"] if c == 0 else 1,
+                                    padding=value["padding"],
+                                    use_bias=not value["batch_norm"])(x)
+            if value["batch_norm"]:
+                x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.Activation(value["activation"])(x)
+        if value["pooling"] != "none":
+            size = choose("pool_size", f"pool_size_{b}")
+            x = (sum_pooling_2d(x.shape[1:], size, padding=value["padding"])(x)
+                 if value["pooling"] == "sum"
+                 else _POOLS[value["pooling"]](size, padding=value["padding"])(x))
+    x = _HEADS[choose("global_pooling", "global_pooling")]()(x)
+    units = choose("dense_units", "dense_units")
+    if units:
+        x = keras.layers.Dense(units, activation="relu")(x)
+        rate = choose("dropout", "dropout")
+        if rate:
+            x = keras.layers.Dropout(rate)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return compile_plain(keras.Model(inputs, outputs), choose("optimizer", "optimizer"),
+                         choose("learning_rate", "learning_rate"))
+
+
 class PlainHyperModel(kt.HyperModel):
     """A search space written with plain keras-tuner calls, no conditional scopes.
 
     It takes its values from a ``search_space`` mapping (lists -> ``hp.Choice``,
-    ranges -> ``hp.Int``/``hp.Float``), so it searches the same space as our sweep;
-    blocks are a plain ``for`` loop. Sum pooling has no Keras layer: it uses ours.
+    ranges -> ``hp.Int``/``hp.Float``).
     """
 
     def __init__(self, space: dict, input_shape: tuple[int, ...], num_classes: int) -> None:
@@ -249,8 +300,8 @@ class PlainHyperModel(kt.HyperModel):
         self.space = {k: v for k, v in space.items() if k != "max_params"}
         self.input_shape, self.num_classes = input_shape, num_classes
 
-    def _hp(self, hp: kt.HyperParameters, key: str, name: str | None = None) -> Any:
-        spec, name = self.space[key], name or key
+    def _hp(self, hp: kt.HyperParameters, key: str, name: str) -> Any:
+        spec = self.space[key]
         if isinstance(spec, list):
             return hp.Choice(name, spec)
         if all(isinstance(spec.get(k, 1), int) for k in ("min", "max", "step")):
@@ -260,40 +311,12 @@ class PlainHyperModel(kt.HyperModel):
                         sampling=spec.get("sampling", "linear"))
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        from cnnsearch.models.layers import sum_pooling_2d
-
-        inputs = x = keras.Input(shape=self.input_shape)
-        for b in range(self._hp(hp, "num_blocks")):
-            value = {key: self._hp(hp, key, f"{key}_{b}") for key in (
-                "convs_per_block", "filters", "kernel_size", "strides", "padding",
-                "activation", "batch_norm", "pooling")}
-            for c in range(value["convs_per_block"]):
-                x = keras.layers.Conv2D(value["filters"], value["kernel_size"],
-                                        strides=value["strides"] if c == 0 else 1,
-                                        padding=value["padding"],
-                                        use_bias=not value["batch_norm"])(x)
-                if value["batch_norm"]:
-                    x = keras.layers.BatchNormalization()(x)
-                x = keras.layers.Activation(value["activation"])(x)
-            if value["pooling"] != "none":
-                size = self._hp(hp, "pool_size", f"pool_size_{b}")
-                x = (sum_pooling_2d(x.shape[1:], size, padding=value["padding"])(x)
-                     if value["pooling"] == "sum"
-                     else _POOLS[value["pooling"]](size, padding=value["padding"])(x))
-        x = _HEADS[self._hp(hp, "global_pooling")]()(x)
-        units = self._hp(hp, "dense_units")
-        if units:
-            x = keras.layers.Dense(units, activation="relu")(x)
-            rate = self._hp(hp, "dropout")
-            if rate:
-                x = keras.layers.Dropout(rate)(x)
-        outputs = keras.layers.Dense(self.num_classes, activation="softmax")(x)
-        return compile_plain(keras.Model(inputs, outputs), self._hp(hp, "optimizer"),
-                             self._hp(hp, "learning_rate"))
+        return build_plain_model(lambda key, name: self._hp(hp, key, name),
+                                 self.input_shape, self.num_classes)
 
 
-class PlainRandomSearch(kt.RandomSearch):
-    """keras-tuner's RandomSearch, plus a record per trial and an optional time budget.
+class _Records:
+    """A plain keras-tuner tuner, plus a record per trial and an optional time budget.
 
     Each record has ``ended`` (seconds since ``search`` started), ``best_val_accuracy``,
     ``epochs_run``, ``status`` and ``rss_mb`` (after the trial). With ``max_seconds``,
@@ -332,6 +355,14 @@ class PlainRandomSearch(kt.RandomSearch):
             self.oracle.max_trials = len(self.oracle.trials)
 
 
+class PlainRandomSearch(_Records, kt.RandomSearch):
+    """keras-tuner's RandomSearch with per-trial records and a time budget."""
+
+
+class PlainHyperband(_Records, kt.Hyperband):
+    """keras-tuner's Hyperband with per-trial records and a time budget."""
+
+
 def final_fit_and_test(tuner: kt.Tuner, data: Dataset, batch_size: int) -> float:
     """Like our sweep: re-train the best trial on train + validation for its best epoch
     count, then evaluate once on test; returns the test accuracy."""
@@ -350,19 +381,26 @@ def workdir(params: dict, name: str) -> str:
     return str(path)
 
 
-def run_plain_search(params: dict, max_trials: int, max_seconds: float | None = None):
-    """Plain keras-tuner RandomSearch over the default space on digits, early stopping on.
+def run_plain_search(params: dict, max_trials: int, max_seconds: float | None = None,
+                     data: Dataset | None = None, space: dict | None = None,
+                     hyperband: bool = False):
+    """Plain keras-tuner RandomSearch (or Hyperband) with early stopping on.
+
+    Defaults: our default space on digits.
 
     Returns:
         The data set and the finished tuner (its ``records`` hold one row per trial).
     """
-    data = digits(params["seed"])
+    data = data or digits(params["seed"])
     keras.utils.set_random_seed(params["seed"])
-    hypermodel = PlainHyperModel(default_space(), data.input_shape, data.num_classes)
-    tuner = PlainRandomSearch(
-        hypermodel, objective="val_accuracy", max_trials=max_trials, seed=params["seed"],
-        max_seconds=max_seconds, directory=workdir(params, "tuner"),
-        project_name="baseline", overwrite=True)
+    hypermodel = PlainHyperModel(space or default_space(), data.input_shape, data.num_classes)
+    common = dict(objective="val_accuracy", seed=params["seed"], max_seconds=max_seconds,
+                  directory=workdir(params, "tuner"), project_name="baseline", overwrite=True)
+    if hyperband:   # the clock is the limit, not the number of brackets
+        tuner = PlainHyperband(hypermodel, max_epochs=params["epochs"],
+                               hyperband_iterations=1000, **common)
+    else:
+        tuner = PlainRandomSearch(hypermodel, max_trials=max_trials, **common)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                          patience=params["patience"])
     tuner.search(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),

@@ -61,6 +61,11 @@ class Direction(StrEnum):
     max = "max"
 
 
+class Pruning(StrEnum):
+    median = "median"   # stop a trial worse than the median of earlier trials at its epoch
+    none = "none"
+
+
 @dataclass
 class PathsConfig:
     root: str = "outputs"
@@ -100,7 +105,11 @@ class TunerConfig:
     objective: Objective = Objective.val_accuracy
     direction: Direction | None = None   # null: max for accuracy, min for loss
     max_trials: int = 10
-    max_seconds: float | None = None   # time budget: no new trial starts after it
+    max_seconds: float | None = None   # time budget: the running trial ends, no new one starts
+    # median stopping of hopeless trials (not for hyperband, which has its own)
+    pruning: Pruning = Pruning.median
+    pruning_warmup_epochs: int = 2
+    pruning_min_trials: int = 3
     executions_per_trial: int = 1
     max_retries_per_trial: int = 0
     max_consecutive_failed_trials: int = 3
@@ -120,7 +129,8 @@ class TunerConfig:
     def validate(self) -> None:
         """Raises UserError on a non-positive count or budget."""
         for key in ("max_trials", "executions_per_trial", "max_consecutive_failed_trials",
-                    "max_epochs", "hyperband_iterations"):
+                    "max_epochs", "hyperband_iterations", "pruning_warmup_epochs",
+                    "pruning_min_trials"):
             if getattr(self, key) < 1:
                 raise UserError(f"tuner.{key} must be >= 1, got {getattr(self, key)}")
         if self.factor < 2:
@@ -136,9 +146,9 @@ class TunerConfig:
 class TrainingConfig:
     """How every candidate trains."""
 
-    epochs: int = 30
-    batch_size: int = 32
-    early_stopping_patience: int | None = 5
+    epochs: int = 15
+    batch_size: int = 64
+    early_stopping_patience: int | None = 3
     mixed_precision: bool = False
     jit_compile: Any = "auto"   # true | false | auto
 

@@ -32,13 +32,14 @@ class TrialOutcome:
 
     trial_id: str
     status: str                   # completed | failed
-    reason: str | None
+    reason: str | None            # why it failed
     score: float | None
     best_val_accuracy: float | None
     epochs_run: int
     train_seconds: float
     images_per_second: float
     rss_mb: float                 # resident memory of the process after the trial
+    stopped_early: str | None = None   # why a completed trial trained fewer epochs
 
 
 @dataclass

@@ -10,16 +10,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
 import time
+from pathlib import Path
 
 import keras
 import keras_tuner as kt
 import psutil
 
-from cnnsearch.search.config import TunerConfig
+from cnnsearch.search.config import Pruning, TunerConfig, TunerName
 from cnnsearch.search.events import Observers, TrialOutcome
 from cnnsearch.search.hypermodel import CNNHyperModel
 from cnnsearch.search.kt_internals import (
@@ -29,8 +31,10 @@ from cnnsearch.search.kt_internals import (
     is_tuner_callback,
 )
 from cnnsearch.search.oracles import make_oracle
+from cnnsearch.search.stopping import PruningRule, StopRules
 
 TrialStatus = kt.engine.trial.TrialStatus
+HISTORY_FILE = "objective_per_epoch.json"   # in each trial's folder: for median stopping
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +71,17 @@ class SweepTuner(TunerHooks, kt.Tuner):
     """``kt.Tuner`` with NaN-as-failure, asynchronous batch dispatch and observer events."""
 
     def __init__(self, oracle, hypermodel: CNNHyperModel, observers: Observers,
-                 max_seconds: float | None = None, **kwargs) -> None:
+                 max_seconds: float | None = None, pruning: PruningRule | None = None,
+                 **kwargs) -> None:
         self.observers = observers
         self.max_seconds = max_seconds
         self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
         self.out_of_time = False
+        self.pruning = pruning
         self._started: dict[str, float] = {}
         self._reporters: dict[str, _EpochReporter] = {}
+        self._stops: dict[str, StopRules] = {}
+        self._histories: dict[str, list[tuple[int, float]]] = {}
         self._checkpoints: dict[str, BestEpochInMemory] = {}
         self._train_images = 0
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
@@ -89,7 +97,9 @@ class SweepTuner(TunerHooks, kt.Tuner):
         self._train_images = len(kwargs.get("x", args[0] if args else ()))
         reporter = _EpochReporter(self.observers, trial.trial_id)
         self._reporters[trial.trial_id] = reporter
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), reporter]
+        stops = self._stop_rules(trial.trial_id)
+        self._stops[trial.trial_id] = stops
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), reporter, stops]
         registered = _custom_gradients()
         try:
             histories = super().run_trial(trial, *args, **kwargs)
@@ -101,6 +111,29 @@ class SweepTuner(TunerHooks, kt.Tuner):
             if bad:
                 raise kt.errors.FailedTrialError(f"loss became NaN at epoch {bad[0]}")
         return histories
+
+    def _stop_rules(self, trial_id: str) -> StopRules:
+        objective = self.oracle.objective
+        pruning = self.pruning
+
+        def others() -> list[list[tuple[int, float]]]:
+            return [self._history(t.trial_id) for t in self.oracle.trials.values()
+                    if t.trial_id != trial_id and t.status == TrialStatus.COMPLETED]
+
+        return StopRules(trial_id, objective.name, objective.direction == "max", self.deadline,
+                         others, pruning.warmup_epochs if pruning else None,
+                         pruning.min_trials if pruning else 0)
+
+    def _history(self, trial_id: str) -> list[tuple[int, float]]:
+        """A finished trial's objective per epoch (keras-tuner keeps only its best epoch).
+
+        Kept beside keras-tuner's trial.json, so a resumed sweep still has them.
+        """
+        if trial_id not in self._histories:
+            path = Path(self.get_trial_dir(trial_id)) / HISTORY_FILE
+            self._histories[trial_id] = ([tuple(pair) for pair in json.loads(path.read_text())]
+                                         if path.is_file() else [])
+        return self._histories[trial_id]
 
     def adapt_callback(self, callback, trial_id: str):
         """keras-tuner's own callbacks, made as cheap as a bare fit's.
@@ -129,7 +162,12 @@ class SweepTuner(TunerHooks, kt.Tuner):
     def _outcome(self, trial) -> TrialOutcome:
         seconds = time.perf_counter() - self._started.pop(trial.trial_id, time.perf_counter())
         reporter = self._reporters.pop(trial.trial_id, None)
+        stops = self._stops.pop(trial.trial_id, None)
         self._checkpoints.pop(trial.trial_id, None)
+        if stops is not None:
+            self._histories[trial.trial_id] = stops.history
+            path = Path(self.get_trial_dir(trial.trial_id)) / HISTORY_FILE
+            path.write_text(json.dumps(stops.history))
         ends = reporter.epoch_ends if reporter else []
         epochs = len(ends)
         # steady state: from the end of the first epoch (tracing, warm-up) to the last
@@ -141,6 +179,7 @@ class SweepTuner(TunerHooks, kt.Tuner):
             trial_id=trial.trial_id,
             status="completed" if completed else "failed",
             reason=reason,
+            stopped_early=stops.reason if stops and completed else None,
             score=trial.score if completed else None,
             best_val_accuracy=best_metric(trial, "val_accuracy") if completed else None,
             epochs_run=epochs,
@@ -169,9 +208,12 @@ def make_tuner(spec: TunerConfig, hypermodel: CNNHyperModel, observers: Observer
     """
     spec.validate()
     oracle = make_oracle(spec, seed, hypermodel.skip_reason, observers.candidate_skipped)
-    tuner_class = SweepHyperband if spec.name == "hyperband" else SweepTuner
+    hyperband = spec.name == TunerName.hyperband   # it stops trials its own way
+    pruning = (PruningRule(spec.pruning_warmup_epochs, spec.pruning_min_trials)
+               if spec.pruning == Pruning.median and not hyperband else None)
+    tuner_class = SweepHyperband if hyperband else SweepTuner
     return tuner_class(oracle, hypermodel, observers, max_seconds=spec.max_seconds,
-                       directory=directory,
+                       pruning=pruning, directory=directory,
                        project_name=project_name, overwrite=overwrite,
                        executions_per_trial=spec.executions_per_trial)
 

@@ -117,6 +117,18 @@ def test_profile_tiny(tmp_path):
     assert payload["summary"]["none"]["MLflow recorder, per-trial events"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="apt-get install dataset-fashion-mnist (.ci/run installs it)")
+def test_fashion_tiny(tmp_path):
+    payload = run_tiny("fashion", tmp_path)
+    for searcher in ("ours", "keras_tuner", "optuna"):
+        s = payload["summary"][searcher]
+        assert 0.0 <= s["test_accuracy"] <= 1.0 and s["n_trials"] >= 1
+        assert finite(s["total_seconds"], s["best_val_accuracy"])
+    assert [name for name, _ in payload["anchors"]]
+
+
 def test_every_benchmark_has_a_test():
-    tested = {"overhead", "throughput", "quality", "memory", "costs", "profile"}
+    tested = {"fashion", "overhead", "throughput", "quality", "memory", "costs", "profile"}
     assert set(NAMES) == tested

@@ -157,7 +157,8 @@ class MlflowRecorder:
             "images_per_second": outcome.images_per_second, "score": outcome.score,
             "best_val_accuracy": outcome.best_val_accuracy, "rss_mb": outcome.rss_mb})
         status = "FINISHED" if outcome.status == "completed" else "FAILED"
-        self._end_child(outcome.trial_id, status, outcome.reason)
+        # a failed trial's reason, or why a completed one trained fewer epochs (pruned, budget)
+        self._end_child(outcome.trial_id, status, outcome.reason or outcome.stopped_early)
 
     def candidate_skipped(self, reason: str, values: dict) -> None:
         self.skipped += 1

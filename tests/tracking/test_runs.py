@@ -210,7 +210,8 @@ def test_saved_and_registered_models_load_and_predict_without_cnnsearch(swept, t
     assert report["shape"] == [16, 10]
     assert max(report["diff"].values()) <= 1e-5, report["diff"]
     best = keras.saving.load_model(swept.sweep_dir / "best_model.keras")
-    assert best.predict(images, verbose=0).max() > 0.2   # a trained model, not a uniform one
+    # outputs that differ from image to image: a wrong load could not match them by chance
+    assert best.predict(images, verbose=0).std(axis=0).max() > 1e-3
 
 
 def test_model_version_tags_and_requirements(swept):
