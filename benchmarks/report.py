@@ -22,10 +22,18 @@ README = REPO / "benchmarks" / "README.md"
 MACHINE_KEYS = ("cpu", "cores_logical", "gpus", "keras_backend", "versions")
 
 
-def render(out: Path, include_tiny: bool = False) -> str:
-    """The markdown between the markers for the results in ``out``."""
+def markers(only: list[str] | None) -> tuple[str, str]:
+    """The README markers of the whole results block, or of a block for ``only`` these."""
+    if not only:
+        return START, END
+    key = "+".join(only)
+    return f"<!-- results:{key}:start -->", f"<!-- results:{key}:end -->"
+
+
+def render(out: Path, include_tiny: bool = False, only: list[str] | None = None) -> str:
+    """The markdown between the markers for the results in ``out`` (of ``only`` these)."""
     payloads, skipped = [], []
-    for name in NAMES:
+    for name in only or NAMES:
         path = out / f"{name}.json"
         if path.exists():
             payload = json.loads(path.read_text())
@@ -80,18 +88,18 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def write(readme: Path, block: str) -> None:
-    """Replace the README's results block.
+def write(readme: Path, block: str, start: str = START, end: str = END) -> None:
+    """Replace the README's block between ``start`` and ``end``.
 
     Raises:
         SystemExit: if the README lacks the markers.
     """
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{block}{END}{tail}")
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{block}{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", default=str(README), help="the README to update")
     p.add_argument("--include-tiny", action="store_true",
                    help="also copy tiny-mode results (for checking the report itself)")
+    p.add_argument("--only", nargs="+", choices=NAMES,
+                   help="only these benchmarks, into their own block "
+                        "(<!-- results:NAME:start --> ... <!-- results:NAME:end -->)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    write(Path(args.readme), render(Path(args.out).resolve(), args.include_tiny))
+    write(Path(args.readme), render(Path(args.out).resolve(), args.include_tiny, args.only),
+          *markers(args.only))
     print(f"updated {args.readme}")
     return 0
 

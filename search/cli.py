@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         return _fail(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # MLflow draws a progress bar on stderr for every artifact it downloads (with tqdm
+    # installed): noise around our one-line messages.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us raw; we print them in one line
     sys.argv = [f"cnnsearch-{command}", *argv[1:]]
     try:

@@ -67,6 +67,14 @@ def test_overhead_tiny_and_report(tmp_path):
     assert "### overhead" in text and "python -m benchmarks.overhead --tiny" in text
     assert "| baseline | 2 |" in text
 
+    # --only: one benchmark into its own block, the whole-results block left alone
+    readme.write_text(f"{report.START}\nkeep\n{report.END}\n<!-- results:overhead:start -->\n"
+                      "old\n<!-- results:overhead:end -->\n")
+    assert report.main(["--out", str(tmp_path), "--readme", str(readme), "--include-tiny",
+                        "--only", "overhead"]) == 0
+    text = readme.read_text()
+    assert "keep" in text and "old" not in text and "### overhead" in text
+
 
 @pytest.mark.slow
 def test_throughput_tiny(tmp_path):
