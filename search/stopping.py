@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -54,13 +55,13 @@ class StopRules(keras.callbacks.Callback):
     """
 
     def __init__(self, trial_id: str, metric: str, maximize: bool, deadline: float | None,
-                 others, warmup_epochs: int | None, min_trials: int) -> None:
-        """``others()`` returns the earlier completed trials' ``(epoch, value)`` histories;
-        ``warmup_epochs=None`` turns median stopping off."""
+                 pruning: PruningRule | None,
+                 others: Callable[[], list[list[tuple[int, float]]]]) -> None:
+        """``deadline``: a ``time.monotonic()`` time, or None; ``pruning``: None for none;
+        ``others()``: the earlier completed trials' ``(epoch, value)`` histories."""
         super().__init__()
         self.trial_id, self.metric, self.maximize = trial_id, metric, maximize
-        self.deadline, self.others = deadline, others
-        self.warmup_epochs, self.min_trials = warmup_epochs, min_trials
+        self.deadline, self.pruning, self.others = deadline, pruning, others
         self.history: list[tuple[int, float]] = []
         self.reason: str | None = None
 
@@ -79,10 +80,11 @@ class StopRules(keras.callbacks.Callback):
     def _reason(self, epoch: int) -> str | None:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "time budget spent"
-        if self.warmup_epochs is None or epoch + 1 < self.warmup_epochs or not self.history:
+        rule = self.pruning
+        if rule is None or epoch + 1 < rule.warmup_epochs or not self.history:
             return None
         median = median_at(self.others(), epoch, self.maximize)
-        if median is None or median[1] < self.min_trials:
+        if median is None or median[1] < rule.min_trials:
             return None
         mine = best_up_to(self.history, epoch, self.maximize)
         worse = mine < median[0] if self.maximize else mine > median[0]

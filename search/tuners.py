@@ -68,7 +68,9 @@ class _EpochReporter(keras.callbacks.Callback):
 
 
 class SweepTuner(TunerHooks, kt.Tuner):
-    """``kt.Tuner`` with NaN-as-failure, asynchronous batch dispatch and observer events."""
+    """``kt.Tuner`` with NaN-as-failure, asynchronous batch dispatch, observer events, and
+    trials that end early with the time budget or by median stopping (search/stopping.py).
+    """
 
     def __init__(self, oracle, hypermodel: CNNHyperModel, observers: Observers,
                  max_seconds: float | None = None, pruning: PruningRule | None = None,
@@ -114,15 +116,13 @@ class SweepTuner(TunerHooks, kt.Tuner):
 
     def _stop_rules(self, trial_id: str) -> StopRules:
         objective = self.oracle.objective
-        pruning = self.pruning
 
         def others() -> list[list[tuple[int, float]]]:
             return [self._history(t.trial_id) for t in self.oracle.trials.values()
                     if t.trial_id != trial_id and t.status == TrialStatus.COMPLETED]
 
         return StopRules(trial_id, objective.name, objective.direction == "max", self.deadline,
-                         others, pruning.warmup_epochs if pruning else None,
-                         pruning.min_trials if pruning else 0)
+                         self.pruning, others)
 
     def _history(self, trial_id: str) -> list[tuple[int, float]]:
         """A finished trial's objective per epoch (keras-tuner keeps only its best epoch).
