@@ -108,7 +108,7 @@ class TunerConfig:
     max_seconds: float | None = None   # time budget: the running trial ends, no new one starts
     # median stopping of hopeless trials (not for hyperband, which has its own)
     pruning: Pruning = Pruning.median
-    pruning_warmup_epochs: int = 2
+    pruning_warmup_epochs: int = 4
     pruning_min_trials: int = 3
     executions_per_trial: int = 1
     max_retries_per_trial: int = 0
@@ -146,9 +146,9 @@ class TunerConfig:
 class TrainingConfig:
     """How every candidate trains."""
 
-    epochs: int = 15
-    batch_size: int = 64
-    early_stopping_patience: int | None = 3
+    epochs: int = 30
+    batch_size: int = 32
+    early_stopping_patience: int | None = 5
     mixed_precision: bool = False
     jit_compile: Any = "auto"   # true | false | auto
 

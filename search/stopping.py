@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class PruningRule:
     """Median stopping: judge from ``warmup_epochs`` on, with ``min_trials`` to compare."""
 
-    warmup_epochs: int = 2
-    min_trials: int = 3
+    warmup_epochs: int
+    min_trials: int
 
 
 def best_up_to(history: list[tuple[int, float]], epoch: int, maximize: bool) -> float | None:
