@@ -79,7 +79,7 @@ def build_model(arch: Architecture) -> keras.Model:
 def compile_model(
     model: keras.Model,
     optimizer: str = "adam",
-    learning_rate: float = 1e-3,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
     jit_compile: bool | str = "auto",
 ) -> keras.Model:
     """Compile a classifier with integer labels and accuracy.
@@ -87,7 +87,7 @@ def compile_model(
     Args:
         model: the network from :func:`build_model`.
         optimizer: one of ``OPTIMIZERS``.
-        learning_rate: initial learning rate.
+        learning_rate: the learning rate, or a Keras schedule of it.
         jit_compile: passed to ``Model.compile`` (``"auto"``, True or False).
 
     Returns:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     # installed): noise around our one-line messages.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us raw; we print them in one line
-    sys.argv = [f"cnnsearch-{command}", *argv[1:]]
+    sys.argv = [f"cnnsearch-{command}", *whole_space_values(argv[1:])]
     try:
         _hydra_app(command)()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the open MLflow runs are already KILLED
@@ -74,6 +74,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _fail(message)
     return 0
+
+
+def whole_space_values(args: list[str]) -> list[str]:
+    """``search_space.KEY=VALUE`` replaces the key whatever form the preset gave it.
+
+    Hydra merges an override into the preset's value, and a range cannot merge into a
+    list (nor a list into a range), so the override becomes Hydra's delete-and-add.
+    Sub-keys (``search_space.dropout.max=0.3``) and Hydra's own ``~``/``+`` forms pass.
+    """
+    from cnnsearch.search.config import SPACE_KEYS
+
+    rewritten = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        name = key.removeprefix("search_space.")
+        if equals and name != key and name in SPACE_KEYS:
+            rewritten += [f"~{key}", f"+{key}={value}"]
+        else:
+            rewritten.append(arg)
+    return rewritten
 
 
 def _hydra_app(command: str):
@@ -151,9 +171,9 @@ def _allowed_keys(error: BaseException | None) -> str:
     if dataclasses.is_dataclass(error.object_type):
         keys = [f.name for f in dataclasses.fields(error.object_type)]
     elif (error.full_key or "").startswith("search_space."):
-        from cnnsearch.search.space import KEYS  # imports Keras: only when needed
+        from cnnsearch.search.config import SPACE_KEYS
 
-        keys = [*KEYS, "max_params"]
+        keys = [*SPACE_KEYS, "max_params"]
     else:
         return ""
     return f"; allowed keys: {', '.join(keys)}"

@@ -21,12 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnsearch.search.config import Config, DataConfig
-from cnnsearch.search.data import load_dataset
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import SweepResult
-from cnnsearch.search.progress import ProgressDisplay
-from cnnsearch.search.sweep import SweepSpec, run_sweep, validate
 from cnnsearch.tracking.config import TrackingConfig, TrackingMode
+
+# Keras, TensorFlow and MLflow load inside the commands that need them: `cnnsearch ui`
+# starts without them.
 
 console = Console(stderr=True)
 report = Console(width=None if Console().is_terminal else 200)   # tables on stdout
@@ -38,8 +38,10 @@ def typed(cfg: DictConfig) -> Config:
     return OmegaConf.to_object(cfg)
 
 
-def sweep_spec(cfg: DictConfig) -> SweepSpec:
-    """Turn the composed config into the sweep's typed spec."""
+def sweep_spec(cfg: DictConfig):
+    """Turn the composed config into the sweep's typed ``SweepSpec``."""
+    from cnnsearch.search.sweep import SweepSpec
+
     config = typed(cfg)
     return SweepSpec(
         data=config.data,
@@ -65,6 +67,10 @@ def tracking_spec(cfg: DictConfig) -> TrackingConfig:
 
 def sweep_command(cfg: DictConfig) -> SweepResult:
     """``cnnsearch sweep``: run one sweep and print its summary table."""
+    from cnnsearch.search.data import load_dataset
+    from cnnsearch.search.progress import ProgressDisplay
+    from cnnsearch.search.sweep import run_sweep, validate
+
     spec = sweep_spec(cfg)
     validate(spec)  # a bad value or a missing data set: one line, nothing written yet
     tracking = tracking_spec(cfg)
@@ -132,17 +138,44 @@ def ui_command(cfg: DictConfig) -> int:
     host, port = cfg.ui.host, cfg.ui.port
     if not _is_loopback(host):
         log.warning("ui.host=%s: the MLflow UI is reachable from other machines", host)
-    console.print(f"MLflow UI on http://{host}:{port}  (store {tracking.tracking_uri})")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
                tracking.tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
     # MLflow's background job runner is not used by cnnsearch and slows start and stop.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with subprocess.Popen(command, env=env) as server, _sigterm_as_interrupt():
         try:
+            url = f"http://{host}:{port}/{_experiment_page(tracking)}"
+            if _wait_until_up(f"http://{host}:{port}/health", server):
+                console.print(f"MLflow UI: {url}  (store {tracking.tracking_uri}; Ctrl-C stops)")
             return server.wait()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server too, not orphan it
             server.terminate()
             return 0
+
+
+def _experiment_page(tracking: TrackingConfig) -> str:
+    """The UI path of the experiment's runs table ('' before the first sweep)."""
+    from cnnsearch.tracking.store import experiment_id, open_store
+
+    if not tracking.store_exists:
+        return ""
+    exp_id = experiment_id(open_store(tracking), tracking, create=False)
+    return "" if exp_id is None else f"#/experiments/{exp_id}/runs?workflowType=machine_learning"
+
+
+def _wait_until_up(url: str, server: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """Poll ``url`` until it answers; False if the server exits or never answers."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 def export_command(cfg: DictConfig) -> dict:

@@ -23,6 +23,12 @@ from omegaconf import MISSING
 from cnnsearch.search.errors import UserError
 from cnnsearch.tracking.config import TrackingConfig
 
+# The search_space keys (conf/search_space/*.yaml); per-block ones are drawn per block.
+BLOCK_KEYS = ("convs_per_block", "filters", "kernel_size", "strides", "padding",
+              "activation", "batch_norm", "pooling", "pool_size")
+SPACE_KEYS = ("num_blocks", *BLOCK_KEYS, "global_pooling", "dense_units", "dropout",
+              "learning_rate", "optimizer")
+
 
 class DataName(StrEnum):
     digits = "digits"
@@ -59,6 +65,11 @@ class Objective(StrEnum):
 class Direction(StrEnum):
     min = "min"
     max = "max"
+
+
+class Schedule(StrEnum):
+    cosine = "cosine"       # from the candidate's learning rate down to 0, step by step
+    constant = "constant"
 
 
 class Pruning(StrEnum):
@@ -106,6 +117,8 @@ class TunerConfig:
     direction: Direction | None = None   # null: max for accuracy, min for loss
     max_trials: int = 10
     max_seconds: float | None = None   # time budget: the running trial ends, no new one starts
+    # the first trial is the space's default candidate (lists' first values, ranges' low ends)
+    start_from_defaults: bool = True
     # median stopping of hopeless trials (not for hyperband, which has its own)
     pruning: Pruning = Pruning.median
     pruning_warmup_epochs: int = 4
@@ -149,6 +162,10 @@ class TrainingConfig:
     epochs: int = 30
     batch_size: int = 32
     early_stopping_patience: int | None = 5
+    # epochs without improvement of the objective before the learning rate is multiplied
+    # by reduce_lr_factor (ReduceLROnPlateau); null: never
+    reduce_lr_patience: int | None = 2
+    reduce_lr_factor: float = 0.3
     mixed_precision: bool = False
     jit_compile: Any = "auto"   # true | false | auto
 
@@ -158,10 +175,13 @@ class TrainingConfig:
             raise UserError(f"training.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise UserError(f"training.batch_size must be >= 1, got {self.batch_size}")
-        patience = self.early_stopping_patience
-        if patience is not None and patience < 1:
-            raise UserError(f"training.early_stopping_patience must be >= 1 or null, "
-                            f"got {patience}")
+        for key in ("early_stopping_patience", "reduce_lr_patience"):
+            patience = getattr(self, key)
+            if patience is not None and patience < 1:
+                raise UserError(f"training.{key} must be >= 1 or null, got {patience}")
+        if not 0 < self.reduce_lr_factor < 1:
+            raise UserError(f"training.reduce_lr_factor must be between 0 and 1 (exclusive), "
+                            f"got {self.reduce_lr_factor}")
         if self.jit_compile not in (True, False, "auto"):
             raise UserError(f"training.jit_compile must be true, false or auto, "
                             f"got {self.jit_compile!r}")
@@ -188,6 +208,7 @@ class SweepConfig:
 class FinalFitConfig:
     enabled: bool = True
     epochs: int | None = None
+    schedule: Schedule = Schedule.cosine
 
     def validate(self) -> None:
         if self.epochs is not None and self.epochs < 1:

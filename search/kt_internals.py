@@ -39,11 +39,18 @@ class FilteredDraws:
     def accept(self, values: dict) -> bool:
         return True
 
+    def preferred_values(self) -> dict | None:
+        """Values to try instead of the next random draw (None: draw)."""
+        return None
+
     def random_values(self) -> dict | None:
         """An accepted random draw, or None when the space seems exhausted."""
         return self._random_values()
 
     def _random_values(self):   # keras-tuner calls it for every random draw
+        preferred = self.preferred_values()
+        if preferred is not None and not self.was_tried(preferred) and self.accept(preferred):
+            return preferred
         for _ in range(self.max_draws):
             values = super()._random_values()
             if values is None or self.accept(values):

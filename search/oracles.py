@@ -18,14 +18,20 @@ TrialStatus = kt.engine.trial.TrialStatus
 
 
 class _FeasibleDraws(FilteredDraws):
-    """Oracle mixin: infeasible draws are counted, remembered and drawn again."""
+    """Oracle mixin: infeasible draws are counted, remembered and drawn again; a fresh
+    search may start from the space's default candidate instead of a random one."""
 
     skip_check: Callable[[dict], str | None]
     on_skip: Callable[[str, dict], None]
+    start_from_defaults = False
 
     def init_skips(self, skip_check, on_skip) -> None:
         self.skip_check, self.on_skip = skip_check, on_skip
         self.skipped: Counter[str] = Counter()
+
+    def preferred_values(self) -> dict | None:
+        return default_values(self.get_space()) if self.start_from_defaults and not self.trials \
+            else None
 
     def accept(self, values: dict) -> bool:
         reason = self.skip_check(values)
@@ -73,6 +79,13 @@ class GridOracle(_FeasibleDraws, kt.Oracle):
             if not self.was_tried(values) and self.accept(values):
                 return {"status": TrialStatus.RUNNING, "values": values}
         return {"status": TrialStatus.STOPPED, "values": None}
+
+
+def default_values(space: kt.HyperParameters) -> dict:
+    """Every active hyperparameter at its default (a list's first value, a range's low end)."""
+    hps = kt.HyperParameters()
+    hps.merge(space)
+    return dict(hps.values)
 
 
 def _grid(space: kt.HyperParameters) -> Iterator[dict]:
@@ -125,4 +138,5 @@ def make_oracle(spec: TunerConfig, seed: int, skip_check: Callable[[dict], str |
     else:
         oracle = RandomOracle(max_trials=spec.max_trials, **common)
     oracle.init_skips(skip_check, on_skip)
+    oracle.start_from_defaults = spec.start_from_defaults
     return oracle

@@ -24,13 +24,9 @@ from cnnsearch.models.architecture import (
     Head,
 )
 from cnnsearch.models.cnn import OPTIMIZERS
+from cnnsearch.search.config import BLOCK_KEYS, SPACE_KEYS
 from cnnsearch.search.errors import UserError
 
-BLOCK_KEYS = ("convs_per_block", "filters", "kernel_size", "strides", "padding",
-              "activation", "batch_norm", "pooling", "pool_size")
-GLOBAL_KEYS = ("num_blocks", "global_pooling", "dense_units", "dropout",
-               "learning_rate", "optimizer")
-KEYS = ("num_blocks", *BLOCK_KEYS, *GLOBAL_KEYS[1:])
 _ALLOWED = {
     "padding": PADDINGS, "pooling": POOLINGS, "activation": ACTIVATIONS,
     "global_pooling": GLOBAL_POOLINGS, "optimizer": OPTIMIZERS, "batch_norm": (False, True),
@@ -97,15 +93,15 @@ class SearchSpace:
         if max_params is not None and (not isinstance(max_params, int) or max_params < 1):
             raise UserError(f"search_space.max_params must be a positive integer or null, "
                             f"got {max_params!r}")
-        unknown = sorted(set(config) - set(KEYS))
+        unknown = sorted(set(config) - set(SPACE_KEYS))
         if unknown:
             raise UserError(f"unknown search_space key {unknown[0]!r}; allowed: "
-                            f"{', '.join(KEYS)}, max_params")
-        missing = [key for key in KEYS if key not in config]
+                            f"{', '.join(SPACE_KEYS)}, max_params")
+        missing = [key for key in SPACE_KEYS if key not in config]
         if missing:
             raise UserError(f"search_space.{missing[0]} is missing; every key of "
-                            f"{', '.join(KEYS)} needs a list or a range")
-        return cls({key: _parse(key, config[key]) for key in KEYS}, max_params)
+                            f"{', '.join(SPACE_KEYS)} needs a list or a range")
+        return cls({key: _parse(key, config[key]) for key in SPACE_KEYS}, max_params)
 
     @property
     def max_blocks(self) -> int:

@@ -6,6 +6,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -15,7 +16,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cnnsearch.search.config import DataConfig, FinalFitConfig, TrainingConfig, TunerConfig
+from cnnsearch.models.cnn import compile_model
+from cnnsearch.search.config import (
+    DataConfig,
+    FinalFitConfig,
+    Schedule,
+    TrainingConfig,
+    TunerConfig,
+)
 from cnnsearch.search.data import Dataset, load_dataset
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import Observers, SweepInfo, SweepResult
@@ -192,8 +200,12 @@ def _read_state(directory: Path) -> dict | None:
 def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> str | None:
     """Run the search; returns why it stopped early, or None."""
     callbacks = []
+    objective = tuner.oracle.objective
+    if training.reduce_lr_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=objective.name, mode=objective.direction,
+            factor=training.reduce_lr_factor, patience=training.reduce_lr_patience))
     if training.early_stopping_patience:
-        objective = tuner.oracle.objective
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=objective.name, mode=objective.direction,
             patience=training.early_stopping_patience))
@@ -240,10 +252,16 @@ def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
     result.best_val_accuracy = best_metric(best, "val_accuracy")
     if spec.final_fit.enabled:
         epochs = spec.final_fit.epochs or (int(best.best_step) + 1)
-        log.info("final fit: trial %s on train + validation for %d epochs", best.trial_id, epochs)
+        log.info("final fit: trial %s on train + validation for %d epochs, %s learning rate",
+                 best.trial_id, epochs, spec.final_fit.schedule)
+        x = np.concatenate([data.x_train, data.x_val])
         model = tuner.hypermodel.build(hp)
-        model.fit(np.concatenate([data.x_train, data.x_val]),
-                  np.concatenate([data.y_train, data.y_val]),
+        if spec.final_fit.schedule == Schedule.cosine:
+            steps = epochs * math.ceil(len(x) / spec.training.batch_size)
+            compile_model(model, candidate.optimizer,
+                          keras.optimizers.schedules.CosineDecay(candidate.learning_rate, steps),
+                          jit_compile=spec.training.jit_compile)
+        model.fit(x, np.concatenate([data.y_train, data.y_val]),
                   epochs=epochs, batch_size=spec.training.batch_size, verbose=0)
     else:
         model = tuner.get_best_models(1)[0]

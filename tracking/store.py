@@ -21,6 +21,7 @@ TAG_HOST = "cnnsearch.host"
 TAG_PID = "cnnsearch.pid"
 TAG_STATUS = "cnnsearch.status"   # of a trial run: running | completed | failed | killed
 TAG_REASON = "cnnsearch.reason"
+EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag the UI reads
 
 
 class TrackingError(Exception):
@@ -53,7 +54,9 @@ def experiment_id(client: MlflowClient, spec: TrackingConfig, create: bool = Tru
         return experiment.experiment_id
     if not create:
         return None
-    return client.create_experiment(spec.experiment, artifact_location=spec.artifact_location)
+    # the UI then opens it as a model-training experiment (runs), not a GenAI one (traces)
+    return client.create_experiment(spec.experiment, artifact_location=spec.artifact_location,
+                                    tags={EXPERIMENT_KIND: "custom_model_development"})
 
 
 def reconcile_stale_runs(client: MlflowClient, experiment_ids: list[str]) -> int:

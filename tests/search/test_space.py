@@ -6,8 +6,9 @@ import keras_tuner as kt
 import pytest
 from omegaconf import OmegaConf
 
+from cnnsearch.search.config import BLOCK_KEYS, SPACE_KEYS
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.space import BLOCK_KEYS, KEYS, SearchSpace, candidate_from_values, skip_reason
+from cnnsearch.search.space import SearchSpace, candidate_from_values, skip_reason
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "search_space"
 PRESETS = sorted(PRESET_DIR.glob("*.yaml"))
@@ -38,7 +39,7 @@ def test_presets_exist():
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_every_preset_loads_and_declares(path):
     space = SearchSpace.from_config(OmegaConf.to_container(OmegaConf.load(path)))
-    assert set(space.dims) == set(KEYS)
+    assert set(space.dims) == set(SPACE_KEYS)
     assert space.grid_size() >= 1
     hp = kt.HyperParameters()
     values = space.declare(hp)
@@ -289,7 +290,7 @@ def test_missing_key_is_one_line_user_error(key):
 def test_unknown_key_lists_allowed_keys():
     message = _error(colour=["red"])
     assert "'colour'" in message
-    for key in KEYS:
+    for key in SPACE_KEYS:
         assert key in message
 
 
