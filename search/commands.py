@@ -23,7 +23,7 @@ from rich.table import Table
 from cnnsearch.search.config import Config, DataConfig
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import SweepResult
-from cnnsearch.tracking.config import TrackingConfig, TrackingMode
+from cnnsearch.tracking.config import TrackingConfig, TrackingMode, redact
 
 # Keras, TensorFlow and MLflow load inside the commands that need them: `cnnsearch ui`
 # starts without them.
@@ -53,8 +53,16 @@ def sweep_spec(cfg: DictConfig):
         resume=config.sweep.resume,
         seed=config.seed,
         final_fit=config.final_fit,
-        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        config=_without_credentials(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),
     )
+
+
+def _without_credentials(config: dict) -> dict:
+    """The config as recorded (sweep.json, MLflow): a password in tracking.uri is masked."""
+    tracking = config.get("tracking") or {}
+    if tracking.get("uri"):
+        tracking["uri"] = redact(tracking["uri"])
+    return config
 
 
 def tracking_spec(cfg: DictConfig) -> TrackingConfig:
@@ -107,18 +115,19 @@ def results_command(cfg: DictConfig) -> pd.DataFrame:
     exp_id = experiment_id(client, dataclasses.replace(tracking, experiment=name), create=False)
     if exp_id is None:
         raise UserError(f"no sweep yet: MLflow experiment {name!r} does not exist in "
-                        f"{tracking.tracking_uri}")
+                        f"{tracking.display_uri}")
     reconcile_stale_runs(client, [exp_id])
     if cfg.results.sweep == "latest":
         parent = latest_sweep(client, [exp_id])
         if parent is None:
-            raise UserError(f"no sweep yet in experiment {name!r}; run `cnnsearch sweep` first")
+            raise UserError(f"no finished sweep yet in experiment {name!r}; run `cnnsearch "
+                            "sweep` first (or results.sweep=<parent run id> for a running one)")
     else:
         try:
             parent = client.get_run(cfg.results.sweep)
         except Exception:  # noqa: BLE001 - MLflow raises its own error type per store
             raise UserError(f"results.sweep={cfg.results.sweep} is not a run in "
-                            f"{tracking.tracking_uri}") from None
+                            f"{tracking.display_uri}") from None
     table = leaderboard(client, parent.info.run_id)
     report.print(leaderboard_table(table.head(cfg.results.top), parent.info.run_name))
     if cfg.results.csv:
@@ -146,7 +155,7 @@ def ui_command(cfg: DictConfig) -> int:
         try:
             url = f"http://{host}:{port}/{_experiment_page(tracking)}"
             if _wait_until_up(f"http://{host}:{port}/health", server):
-                console.print(f"MLflow UI: {url}  (store {tracking.tracking_uri}; Ctrl-C stops)")
+                console.print(f"MLflow UI: {url}  (store {tracking.display_uri}; Ctrl-C stops)")
             return server.wait()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server too, not orphan it
             server.terminate()
@@ -254,10 +263,14 @@ def _latest_sweep_folder(root) -> Path:
 def leaderboard_table(table: pd.DataFrame, title: str) -> Table:
     """A rich table of leaderboard rows."""
     out = Table(title=f"sweep {title}")
-    columns = ["rank", "trial", "status", "val_accuracy", "params", "flops",
+    objective = table.attrs.get("objective", "val_accuracy")
+    columns = ["rank", "trial", "status", "score", "params", "flops",
                "train_seconds", "pareto", "architecture"]
+    if objective != "val_accuracy":
+        columns.insert(4, "val_accuracy")
     for column in columns:
-        out.add_column(column.replace("_", " "), overflow="fold")
+        header = f"best {objective}" if column == "score" else column
+        out.add_column(header.replace("_", " "), overflow="fold")
     for _, row in table.iterrows():
         out.add_row(*(_cell(row[c]) for c in columns))
     return out

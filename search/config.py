@@ -139,6 +139,19 @@ class TunerConfig:
     def objective_direction(self) -> Direction:
         return self.direction or Objective(self.objective).default_direction
 
+    def unused_keys(self) -> set[str]:
+        """The knobs the configured tuner ignores (left out of a sweep's MLflow params)."""
+        hyperband, bayesian = {"max_epochs", "factor", "hyperband_iterations"}, \
+            {"num_initial_points", "alpha", "beta"}
+        pruning = {"pruning", "pruning_warmup_epochs", "pruning_min_trials"}
+        unused = {TunerName.hyperband: {"max_trials"} | pruning | bayesian,
+                  TunerName.bayesian: hyperband,
+                  TunerName.grid: {"start_from_defaults"} | hyperband | bayesian,
+                  TunerName.random: hyperband | bayesian}[TunerName(self.name)]
+        if self.pruning == Pruning.none:
+            unused |= pruning - {"pruning"}
+        return unused
+
     def validate(self) -> None:
         """Raises UserError on a non-positive count or budget."""
         for key in ("max_trials", "executions_per_trial", "max_consecutive_failed_trials",

@@ -1,5 +1,6 @@
 """Load image classification data as float32 NHWC arrays in [0, 1] with int32 labels 0..K-1."""
 
+import hashlib
 import logging
 import zipfile
 from collections.abc import Callable
@@ -61,6 +62,19 @@ class Dataset:
     def num_classes(self) -> int:
         """Number of classes K."""
         return len(self.class_names)
+
+    def digest(self) -> str:
+        """12 hex digits of a SHA-256 over every split: the same data, the same digest."""
+        sha = hashlib.sha256()
+        for array in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test,
+                      self.y_test):
+            sha.update(np.ascontiguousarray(array).data)
+        return sha.hexdigest()[:12]
+
+    def profile(self) -> dict:
+        """Split sizes, image shape and classes (what a record of the data set shows)."""
+        return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test),
+                "image_shape": list(self.input_shape), "classes": list(self.class_names)}
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,15 @@ def _checked_split(
         )
     if len(x) == 0:
         raise UserError(f"{path}: x_{split} is empty")
+    for name, array in ((f"x_{split}", x), (f"y_{split}", y)):
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise UserError(f"{path}: {name} must hold numbers, got dtype {array.dtype}")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            bad = int(np.size(array) - np.isfinite(array).sum())
+            raise UserError(f"{path}: {name} has {bad} NaN or infinite value(s)")
+    if np.issubdtype(y.dtype, np.floating) and not np.array_equal(y, np.round(y)):
+        example = y[y != np.round(y)][0]
+        raise UserError(f"{path}: y_{split} must hold integer class labels, got {example:g}")
     return _with_channel(x), y
 
 

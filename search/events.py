@@ -24,6 +24,10 @@ class SweepInfo:
     space_hash: str
     max_trials: int | None
     resumed: bool
+    params: dict = field(default_factory=dict)   # the config keys the sweep uses
+    dataset: dict = field(default_factory=dict)  # name, digest, source, profile
+    objective: str = "val_accuracy"   # what a trial's score is
+    maximize: bool = True             # its direction
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,12 @@ class ProgressDisplay(SweepObserver):
         ) if self.live else None
         self.task = None
         self.best: float | None = None
+        self.maximize = True
         self.candidate = ""
         self.started = time.perf_counter()
 
     def sweep_started(self, info: SweepInfo) -> None:
+        self.maximize = info.maximize
         verb = "resuming" if info.resumed else "starting"
         log.info("%s sweep %s in %s", verb, info.name, info.directory)
         if self.progress:
@@ -52,8 +54,10 @@ class ProgressDisplay(SweepObserver):
                          + (f" val_acc {acc:.4f}" if acc is not None else ""))
 
     def trial_ended(self, outcome: TrialOutcome) -> None:
-        if outcome.score is not None and (self.best is None or outcome.score > self.best):
-            self.best = outcome.score
+        score = outcome.score
+        if score is not None and (self.best is None or
+                                  (score > self.best if self.maximize else score < self.best)):
+            self.best = score
         if self.progress:
             self.progress.advance(self.task)
             self._status("")

@@ -67,6 +67,15 @@ class SweepSpec:
                              f"{self.space_hash[:8]}")
 
     @property
+    def recorded_config(self) -> dict:
+        """The config keys this sweep uses: no other tuner's knobs, no export/results/ui."""
+        config = {k: v for k, v in self.config.items() if k not in ("export", "results", "ui")}
+        if "tuner" in config:
+            unused = self.tuner.unused_keys()
+            config["tuner"] = {k: v for k, v in config["tuner"].items() if k not in unused}
+        return config
+
+    @property
     def directory(self) -> Path:
         return Path(self.root).resolve() / "sweeps" / self.sweep_name
 
@@ -136,9 +145,14 @@ def run_sweep(spec: SweepSpec, observers: list | None = None,
                            project_name="tuner", overwrite=not spec.resume, seed=spec.seed)
         events.sweep_started(SweepInfo(
             name=spec.sweep_name, directory=str(directory), config=spec.config,
+            params=spec.recorded_config,
+            dataset={"name": spec.data.name, "digest": data.digest(),
+                     "source": spec.data.path or str(spec.data.name),
+                     "profile": data.profile()},
             space_hash=spec.space_hash,
             max_trials=None if spec.tuner.name == "hyperband" else spec.tuner.max_trials,
-            resumed=bool(tuner.oracle.trials)))
+            resumed=bool(tuner.oracle.trials), objective=spec.tuner.objective,
+            maximize=spec.tuner.objective_direction == "max"))
         result = SweepResult(name=spec.sweep_name, directory=str(directory))
         # Every object alive now (modules, data, observers) outlives the search; frozen,
         # the full collection keras-tuner runs before each trial skips them (~0.2 s).

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+
+def redact(uri: str | None) -> str | None:
+    """``uri`` with its ``user:password@`` replaced by ``***@``: safe to log, print, record."""
+    if not uri or "@" not in urllib.parse.urlsplit(uri).netloc:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 class TrackingMode(StrEnum):
@@ -37,6 +46,11 @@ class TrackingConfig:
         if self.mode == TrackingMode.server:
             return self.uri or ""
         return self.uri or f"sqlite:///{self.store_dir / 'mlflow.db'}"
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without credentials."""
+        return redact(self.tracking_uri)
 
     @property
     def store_exists(self) -> bool:

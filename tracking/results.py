@@ -11,31 +11,40 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from cnnsearch.search.config import Objective  # noqa: E402
 from cnnsearch.tracking.store import TAG_ROLE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["rank", "trial", "status", "val_accuracy", "params", "flops", "train_seconds",
-           "epochs_run", "pareto", "architecture", "reason", "run_id", "start_time"]
+COLUMNS = ["rank", "trial", "status", "score", "val_accuracy", "params", "flops",
+           "train_seconds", "epochs_run", "pareto", "architecture", "reason", "run_id",
+           "start_time"]
 
 
 def latest_sweep(client: MlflowClient, experiment_ids: list[str]):
-    """The most recently started sweep (parent) run, or None."""
-    runs = client.search_runs(experiment_ids, filter_string=f"tags.`{TAG_ROLE}` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    """The most recently finished sweep (parent) run, or None: what ``latest`` means for
+    ``cnnsearch results`` and ``cnnsearch export`` alike."""
+    runs = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and attributes.status = 'FINISHED'",
+        order_by=["attributes.end_time DESC"], max_results=1)
     return runs[0] if runs else None
 
 
 def leaderboard(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
-    """One row per trial of a sweep, best first, with the Pareto front marked.
+    """One row per trial of a sweep, best first by the sweep's objective, with the Pareto
+    front marked.
 
-    Columns: rank, trial, status, val_accuracy (best epoch), params, flops,
+    Columns: rank, trial, status, score (the best epoch's ``tuner.objective``; its name
+    is in ``table.attrs["objective"]``), val_accuracy (best epoch), params, flops,
     train_seconds, epochs_run, pareto (not dominated in accuracy vs params),
     architecture (one line), reason (of a failure), run_id, start_time.
     """
     parent = client.get_run(parent_run_id)
+    objective, maximize = sweep_objective(parent)
     runs = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
@@ -46,8 +55,10 @@ def leaderboard(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
         rows.append({
             "trial": tags.get("cnnsearch.trial_id", ""),
             "status": tags.get("cnnsearch.status", run.info.status.lower()),
+            # runs recorded before cnnsearch 0.2 named them score and params
+            "score": metrics.get(f"best_{objective}", metrics.get("score")),
             "val_accuracy": metrics.get("best_val_accuracy"),
-            "params": metrics.get("params"),
+            "params": metrics.get("param_count", metrics.get("params")),
             "flops": metrics.get("flops"),
             "train_seconds": metrics.get("train_seconds"),
             "epochs_run": metrics.get("epochs_run"),
@@ -57,13 +68,24 @@ def leaderboard(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
             "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
         })
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("rank", "pareto")])
-    table = table.sort_values(["val_accuracy", "params"], ascending=[False, True],
+    table = table.sort_values(["score", "params"], ascending=[not maximize, True],
                               na_position="last", kind="stable").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     table.insert(COLUMNS.index("pareto"), "pareto", pareto_front(table))
     for column in ("params", "flops", "epochs_run"):
         table[column] = table[column].astype("Int64")
+    table.attrs["objective"] = objective
     return table
+
+
+def sweep_objective(parent) -> tuple[str, bool]:
+    """The objective a sweep (parent run) ranked its trials by, and whether higher is better."""
+    params = parent.data.params
+    objective = Objective(params.get("tuner.objective", Objective.val_accuracy))
+    direction = params.get("tuner.direction")   # "None" when it was left to the objective
+    if direction not in ("max", "min"):
+        direction = objective.default_direction
+    return objective, direction == "max"
 
 
 def pareto_front(table: pd.DataFrame) -> pd.Series:
@@ -77,54 +99,98 @@ def pareto_front(table: pd.DataFrame) -> pd.Series:
     return front
 
 
-def log_plots(client: MlflowClient, run_id: str, table: pd.DataFrame, top: int = 5) -> None:
-    """Log three PNGs on the sweep run: accuracy vs params (Pareto front), accuracy per
-    trial in time order with best-so-far, and the learning curves of the top trials."""
+def log_plots(client: MlflowClient, run_id: str, table: pd.DataFrame, name: str,
+              top: int = 5) -> None:
+    """Log three PNGs on the sweep run ``name``: accuracy vs params (Pareto front),
+    accuracy per trial in time order with best-so-far, and the learning curves of the
+    top trials. Points carry their trial id and the winner (rank 1) is starred."""
     done = table.dropna(subset=["val_accuracy"])
     if done.empty:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        for name, draw in (("val_accuracy_vs_params.png", _accuracy_vs_params),
-                           ("val_accuracy_per_trial.png", _accuracy_over_time)):
-            figure = draw(done)
-            figure.savefig(Path(tmp) / name, dpi=100, bbox_inches="tight")
+        for filename, figure in (
+                ("val_accuracy_vs_params.png", _accuracy_vs_params(done, name)),
+                ("val_accuracy_per_trial.png", _accuracy_over_time(done, name)),
+                ("learning_curves_top.png", _learning_curves(client, done.head(top), name))):
+            figure.savefig(Path(tmp) / filename, dpi=120, bbox_inches="tight")
             plt.close(figure)
-            client.log_artifact(run_id, str(Path(tmp) / name), "plots")
-        figure = _learning_curves(client, done.head(top))
-        figure.savefig(Path(tmp) / "learning_curves_top.png", dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        client.log_artifact(run_id, str(Path(tmp) / "learning_curves_top.png"), "plots")
+            client.log_artifact(run_id, str(Path(tmp) / filename), "plots")
 
 
-def _accuracy_vs_params(done: pd.DataFrame):
-    figure, axes = plt.subplots(figsize=(6, 4))
+FIGSIZE = (10, 6)
+LABELLED_TRIALS = 40   # more points than this get no trial-id labels
+
+
+def _label_trials(axes, xs, ys, trials) -> None:
+    if len(trials) <= LABELLED_TRIALS:
+        for x, y, trial in zip(xs, ys, trials, strict=True):
+            axes.annotate(str(trial), (x, y), textcoords="offset points", xytext=(4, 4),
+                          fontsize=8, alpha=0.8)
+
+
+def _mark_winner(axes, x, y) -> None:
+    axes.plot([x], [y], marker="*", markersize=18, color="gold", markeredgecolor="black",
+              linestyle="none", label="winner", zorder=5)
+
+
+def _zoom(axes, values) -> None:
+    """Y range from just under the lowest plotted score to just over the highest."""
+    values = pd.Series(values).dropna()
+    low, high = values.min(), values.max()
+    margin = max((high - low) * 0.08, 0.002)
+    axes.set_ylim(low - margin, high + margin)
+
+
+def _accuracy_vs_params(done: pd.DataFrame, name: str):
+    figure, axes = plt.subplots(figsize=FIGSIZE)
     axes.scatter(done.params, done.val_accuracy, alpha=0.6, label="trials")
+    _label_trials(axes, done.params, done.val_accuracy, done.trial)
     front = done[done.pareto].sort_values("params")
     axes.step(front.params, front.val_accuracy, where="post", color="C3", label="Pareto front")
+    _mark_winner(axes, done.params.iloc[0], done.val_accuracy.iloc[0])
     axes.set_xscale("log")
-    axes.set(xlabel="parameters", ylabel="best val accuracy", title="accuracy vs size")
+    _zoom(axes, done.val_accuracy)
+    axes.set(xlabel="parameters (log scale)", ylabel="best val accuracy",
+             title=f"{name}: accuracy vs size")
+    axes.grid(alpha=0.3)
     axes.legend()
     return figure
 
 
-def _accuracy_over_time(done: pd.DataFrame):
+def _accuracy_over_time(done: pd.DataFrame, name: str):
     ordered = done.sort_values("start_time")
-    figure, axes = plt.subplots(figsize=(6, 4))
-    steps = range(1, len(ordered) + 1)
+    figure, axes = plt.subplots(figsize=FIGSIZE)
+    steps = list(range(1, len(ordered) + 1))
     axes.plot(steps, ordered.val_accuracy, "o", alpha=0.6, label="trial")
-    axes.plot(steps, ordered.val_accuracy.cummax(), color="C3", label="best so far")
-    axes.set(xlabel="trial (time order)", ylabel="best val accuracy", title="search progress")
+    _label_trials(axes, steps, ordered.val_accuracy, ordered.trial)
+    axes.plot(steps, ordered.val_accuracy.cummax(), color="C3", drawstyle="steps-post",
+              label="best so far")
+    winner = steps[list(ordered.trial).index(done.trial.iloc[0])]
+    _mark_winner(axes, winner, done.val_accuracy.iloc[0])
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _zoom(axes, ordered.val_accuracy)
+    axes.set(xlabel="trial (in the order they started)", ylabel="best val accuracy",
+             title=f"{name}: search progress")
+    axes.grid(alpha=0.3)
     axes.legend()
     return figure
 
 
-def _learning_curves(client: MlflowClient, top: pd.DataFrame):
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for _, row in top.iterrows():
-        history = client.get_metric_history(row.run_id, "val_accuracy")
-        history = sorted(history, key=lambda m: m.step)
-        axes.plot([m.step + 1 for m in history], [m.value for m in history],
-                  marker=".", label=f"trial {row.trial}")
-    axes.set(xlabel="epoch", ylabel="val accuracy", title=f"top {len(top)} trials")
+def _learning_curves(client: MlflowClient, top: pd.DataFrame, name: str):
+    figure, axes = plt.subplots(figsize=FIGSIZE)
+    plotted = []
+    for rank, (_, row) in enumerate(top.iterrows(), start=1):
+        history = sorted(client.get_metric_history(row.run_id, "val_accuracy"),
+                         key=lambda m: m.step)
+        steps, values = [m.step for m in history], [m.value for m in history]
+        axes.plot(steps, values, marker=".", linewidth=2.5 if rank == 1 else 1.2,
+                  label=f"#{rank} trial {row.trial}" + (" (winner)" if rank == 1 else ""))
+        plotted += values[len(values) // 4:]   # zoom on where the curves settle
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if plotted:
+        _zoom(axes, plotted)
+    axes.set(xlabel="epoch (MLflow step, from 0)", ylabel="val accuracy",
+             title=f"{name}: learning curves of the top {len(top)} trials")
+    axes.grid(alpha=0.3)
     axes.legend()
     return figure

@@ -23,7 +23,7 @@ import keras_tuner
 import mlflow
 import numpy as np
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
@@ -45,6 +45,8 @@ TAG_SWEEP = "cnnsearch.sweep"
 TAG_HASH = "cnnsearch.space_hash"
 TAG_TRIAL = "cnnsearch.trial_id"
 TAG_ARCH = "cnnsearch.architecture"
+TAG_NOTE = "mlflow.note.content"   # the run's description in the UI
+WINNER_NOTE = "\n\nWinner: "
 MAX_PARAM_LENGTH = 6000
 
 
@@ -63,10 +65,12 @@ class MlflowRecorder:
         self.children: dict[str, str] = {}   # trial id -> open child run id
         self.candidates: dict[str, Any] = {}
         self.skipped = 0
+        self.objective = "val_accuracy"
 
     # -- sweep -----------------------------------------------------------------
 
     def sweep_started(self, info) -> None:
+        self.objective = info.objective
         reconcile_stale_runs(self.client, [self.experiment_id])
         previous = self._find_parent(info.name, info.space_hash) if info.resumed else None
         tags = {TAG_ROLE: "sweep", TAG_SWEEP: info.name, TAG_HASH: info.space_hash,
@@ -77,33 +81,38 @@ class MlflowRecorder:
             self.client.log_batch(self.parent_id, tags=_tags(process_tags()))
             log.info("MLflow: continuing parent run %s", self.parent_id)
             return
+        tags[TAG_NOTE] = _sweep_note(info)
         run = self.client.create_run(self.experiment_id, run_name=info.name, tags=tags)
         self.parent_id = run.info.run_id
-        params = {**_flatten(info.config), "space_hash": info.space_hash}
+        params = {**_flatten(info.params or info.config), "space_hash": info.space_hash}
         for start in range(0, len(params), 100):   # MLflow takes 100 params per batch
             chunk = dict(list(params.items())[start:start + 100])
             self.client.log_batch(self.parent_id, params=[
                 Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in chunk.items()])
+        if info.dataset:
+            self._log_dataset(info.dataset)
         self.client.log_text(self.parent_id, yaml.safe_dump(info.config, sort_keys=False),
                              "config.yaml")
         self.client.log_text(self.parent_id,
                              yaml.safe_dump(info.config.get("search_space", {}), sort_keys=False),
                              "search_space.yaml")
         log.info("MLflow: parent run %s in experiment %r (%s)", self.parent_id,
-                 self.spec.experiment, self.spec.tracking_uri)
+                 self.spec.experiment, self.spec.display_uri)
 
     def sweep_ended(self, result, model) -> None:
         metrics = {
             "best_val_accuracy": result.best_val_accuracy, "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss, "n_trials": result.n_completed,
             "n_failed": result.n_failed, "n_skipped": result.n_skipped,
-            "sweep_seconds": result.seconds, "best_params": result.params,
+            "sweep_seconds": result.seconds, "best_param_count": result.params,
             "best_flops": result.flops,
         }
         self._log_metrics(self.parent_id, metrics)
+        note = self.client.get_run(self.parent_id).data.tags.get(TAG_NOTE, "")
+        note = note.split(WINNER_NOTE)[0]   # a resumed sweep's earlier winner is replaced
         self.client.log_batch(self.parent_id, tags=_tags({
             "cnnsearch.best_trial": result.best_trial_id or "",
-            TAG_ARCH: result.architecture}))
+            TAG_ARCH: result.architecture, TAG_NOTE: note + _result_note(result)}))
         if result.skip_reasons:
             self.client.log_dict(self.parent_id, result.skip_reasons, "skipped_candidates.json")
         table = leaderboard(self.client, self.parent_id)
@@ -111,7 +120,7 @@ class MlflowRecorder:
             path = Path(tmp) / "leaderboard.csv"
             table.to_csv(path, index=False)
             self.client.log_artifact(self.parent_id, str(path))
-            log_plots(self.client, self.parent_id, table)
+            log_plots(self.client, self.parent_id, table, result.name)
         self._log_model(model, result)
         self.client.set_terminated(self.parent_id, "FINISHED")
 
@@ -134,6 +143,8 @@ class MlflowRecorder:
             self.experiment_id, run_name=f"trial-{trial_id}",
             tags={"mlflow.parentRunId": self.parent_id, TAG_ROLE: "trial",
                   TAG_TRIAL: trial_id, TAG_STATUS: "running", TAG_ARCH: arch.summary(),
+                  TAG_NOTE: (f"Trial {trial_id}: `{arch.summary()}`, {arch.params:,} "
+                             f"parameters, learning rate {candidate.learning_rate:.2g}."),
                   **process_tags()})
         run_id = run.info.run_id
         self.children[trial_id] = run_id
@@ -141,7 +152,7 @@ class MlflowRecorder:
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
         self.client.log_text(run_id, arch.to_json(), "architecture.json")
         self.client.log_text(run_id, _layer_table(arch), "summary.txt")
-        self._log_metrics(run_id, {"params": arch.params, "flops": arch.flops})
+        self._log_metrics(run_id, {"param_count": arch.params, "flops": arch.flops})
 
     def epoch_ended(self, trial_id: str, epoch: int, logs: dict) -> None:
         run_id = self.children.get(trial_id)
@@ -152,10 +163,12 @@ class MlflowRecorder:
         run_id = self.children.get(outcome.trial_id)
         if run_id is None:
             return
+        # best-epoch values (the per-epoch metrics' latest value is the last epoch's)
         self._log_metrics(run_id, {
             "train_seconds": outcome.train_seconds, "epochs_run": outcome.epochs_run,
-            "images_per_second": outcome.images_per_second, "score": outcome.score,
-            "best_val_accuracy": outcome.best_val_accuracy, "rss_mb": outcome.rss_mb})
+            "images_per_second": outcome.images_per_second, "rss_mb": outcome.rss_mb,
+            "best_val_accuracy": outcome.best_val_accuracy,
+            f"best_{self.objective}": outcome.score})
         status = "FINISHED" if outcome.status == "completed" else "FAILED"
         # a failed trial's reason, or why a completed one trained fewer epochs (pruned, budget)
         self._end_child(outcome.trial_id, status, outcome.reason or outcome.stopped_early)
@@ -180,6 +193,14 @@ class MlflowRecorder:
                    if isinstance(v, int | float | np.floating | np.integer) and v is not None]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+
+    def _log_dataset(self, dataset: dict) -> None:
+        """The data set as the sweep run's input (the UI's Dataset column)."""
+        entity = Dataset(name=dataset["name"], digest=dataset["digest"], source_type="local",
+                         source=json.dumps({"uri": dataset["source"]}),
+                         profile=json.dumps(dataset["profile"]))
+        self.client.log_inputs(self.parent_id, datasets=[DatasetInput(
+            entity, tags=[InputTag("mlflow.data.context", "training")])])
 
     def _find_parent(self, name: str, space_hash: str):
         runs = self.client.search_runs(
@@ -263,9 +284,32 @@ def _environment_tags() -> dict[str, str]:
 
         tags["cnnsearch.tensorflow_version"] = tf.__version__
     commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    if commit:   # the UI hides mlflow.* tags: the commit is shown under our name too
+        tags["mlflow.source.git.commit"] = tags["cnnsearch.git_commit"] = commit
     return tags
+
+
+def _sweep_note(info) -> str:
+    """The sweep run's description: what it searches and where its pieces are."""
+    config = info.config
+    tuner, data = config.get("tuner", {}), config.get("data", {})
+    budget = tuner.get("max_seconds")
+    limits = [f"at most {info.max_trials} trials" if info.max_trials else "",
+              f"a {budget:g} s budget" if budget else ""]
+    return (f"cnnsearch sweep **{info.name}**: {tuner.get('name', '?')} search of CNNs on "
+            f"{data.get('name', '?')} ({', '.join(filter(None, limits)) or 'no limit'}), "
+            f"ranking trials by {'highest' if info.maximize else 'lowest'} {info.objective}. "
+            "Each trial is a nested run; config.yaml, search_space.yaml, leaderboard.csv, "
+            "plots/ and the final model are this run's artifacts.")
+
+
+def _result_note(result) -> str:
+    test = "-" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
+    val = "-" if result.best_val_accuracy is None else f"{result.best_val_accuracy:.4f}"
+    return (f"{WINNER_NOTE}trial {result.best_trial_id}, `{result.architecture}`, "
+            f"{result.params:,} parameters; val accuracy {val}, test accuracy {test} after "
+            f"the final fit. {result.n_completed} trials completed, {result.n_failed} failed, "
+            f"{result.n_skipped} candidates skipped.")
 
 
 def _devices() -> str:

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cnnsearch.tracking.config import TrackingConfig, TrackingMode
+from cnnsearch.tracking.config import TrackingConfig, TrackingMode, redact
 
 log = logging.getLogger(__name__)
 
 TAG_ROLE = "cnnsearch.role"
 TAG_HOST = "cnnsearch.host"
 TAG_PID = "cnnsearch.pid"
+TAG_PROCESS_START = "cnnsearch.process_start"   # psutil create_time of that pid
 TAG_STATUS = "cnnsearch.status"   # of a trial run: running | completed | failed | killed
 TAG_REASON = "cnnsearch.reason"
 EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag the UI reads
+LOCK_FILE = ".cnnsearch.lock"   # beside mlflow.db
 
 
 class TrackingError(Exception):
@@ -44,7 +50,26 @@ def open_store(spec: TrackingConfig) -> MlflowClient:
                                 f"{error.strerror}") from None
         if not os.access(spec.store_dir, os.W_OK):
             raise TrackingError(f"the MLflow store folder {spec.store_dir} is not writable")
+        with _store_lock(spec.store_dir):   # one process creates or upgrades the schema
+            client = MlflowClient(spec.tracking_uri)
+            client.search_experiments(max_results=1)
+        return client
     return MlflowClient(spec.tracking_uri)
+
+
+@contextmanager
+def _store_lock(store_dir: Path):
+    """An exclusive lock on a local store, across processes.
+
+    MLflow creates a new SQLite store's tables when it first opens it; several sweeps
+    starting at once on a new store would race in that migration and leave it broken.
+    """
+    with open(store_dir / LOCK_FILE, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def experiment_id(client: MlflowClient, spec: TrackingConfig, create: bool = True) -> str | None:
@@ -54,9 +79,15 @@ def experiment_id(client: MlflowClient, spec: TrackingConfig, create: bool = Tru
         return experiment.experiment_id
     if not create:
         return None
-    # the UI then opens it as a model-training experiment (runs), not a GenAI one (traces)
-    return client.create_experiment(spec.experiment, artifact_location=spec.artifact_location,
-                                    tags={EXPERIMENT_KIND: "custom_model_development"})
+    try:   # the UI then opens it as a model-training experiment (runs), not a GenAI one
+        return client.create_experiment(spec.experiment,
+                                        artifact_location=spec.artifact_location,
+                                        tags={EXPERIMENT_KIND: "custom_model_development"})
+    except MlflowException:   # another sweep created it a moment ago
+        experiment = client.get_experiment_by_name(spec.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def reconcile_stale_runs(client: MlflowClient, experiment_ids: list[str]) -> int:
@@ -77,7 +108,7 @@ def reconcile_stale_runs(client: MlflowClient, experiment_ids: list[str]) -> int
     marked = 0
     for run in runs:
         pid = int(run.data.tags.get(TAG_PID, "0"))
-        if pid != os.getpid() and not psutil.pid_exists(pid):
+        if pid != os.getpid() and not _alive(pid, run.data.tags.get(TAG_PROCESS_START)):
             if TAG_STATUS in run.data.tags:
                 client.set_tag(run.info.run_id, TAG_STATUS, "killed")
                 client.set_tag(run.info.run_id, TAG_REASON,
@@ -90,18 +121,34 @@ def reconcile_stale_runs(client: MlflowClient, experiment_ids: list[str]) -> int
 
 
 def process_tags() -> dict[str, str]:
-    """Host and pid, so a later start can tell a live run from a dead one."""
-    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+    """Host, pid and the process's start time, so a later start can tell a live run from
+    a dead one (the start time tells a reused pid, e.g. in a restarted container)."""
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+            TAG_PROCESS_START: _started(os.getpid())}
+
+
+def _started(pid: int) -> str:
+    return f"{psutil.Process(pid).create_time():.2f}"
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """True if process ``pid`` runs and, when ``started`` is known, is the same process."""
+    try:
+        actual = _started(pid)
+    except psutil.Error:   # no such process (or not ours to inspect: then it is not ours)
+        return False
+    return started is None or actual == started
 
 
 def _check_server(uri: str | None) -> None:
+    shown = redact(uri)   # never print a password given in the URI
     if not uri or not uri.startswith(("http://", "https://")):
-        raise TrackingError(f"tracking=server needs tracking.uri=http://host:port, got {uri!r}")
+        raise TrackingError(f"tracking=server needs tracking.uri=http://host:port, got {shown!r}")
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:
             if response.status != 200:
-                raise TrackingError(f"MLflow server at {uri} answered {response.status}")
+                raise TrackingError(f"MLflow server at {shown} answered {response.status}")
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise TrackingError(f"MLflow server at tracking.uri={uri} is unreachable: "
+        raise TrackingError(f"MLflow server at tracking.uri={shown} is unreachable: "
                             f"{reason}") from None

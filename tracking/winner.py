@@ -10,7 +10,8 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cnnsearch.tracking.store import TAG_ROLE, TrackingError
+from cnnsearch.tracking.results import latest_sweep
+from cnnsearch.tracking.store import TrackingError
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,10 @@ def find_winner(client: MlflowClient, experiment_id: str | None, run: str = "lat
     if model:
         run_id, model_uri = _from_registry(client, model), model
     elif run == "latest":
-        runs = [] if experiment_id is None else client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and attributes.status = 'FINISHED'",
-            order_by=["attributes.end_time DESC"], max_results=1)
-        if not runs:
+        parent = None if experiment_id is None else latest_sweep(client, [experiment_id])
+        if parent is None:
             raise TrackingError("no finished sweep to export yet; run `cnnsearch sweep` first")
-        run_id, model_uri = runs[0].info.run_id, f"runs:/{runs[0].info.run_id}/model"
+        run_id, model_uri = parent.info.run_id, f"runs:/{parent.info.run_id}/model"
     else:
         run_id, model_uri = run, f"runs:/{run}/model"
     try:

@@ -194,3 +194,11 @@ def test_hydra_alone_cannot_put_a_range_over_a_list(compose_config):
     """Why whole_space_values exists (if Hydra learns it, the rewrite can go)."""
     with pytest.raises((HydraException, OmegaConfBaseException), match="Error merging"):
         compose_config("search_space.num_blocks={min:1,max:4}")
+
+
+def test_the_recorded_config_masks_a_password_in_the_tracking_uri(compose_config):
+    cfg = compose_config("tracking=server", "tracking.uri=http://alice:s3cret@mlflow:5000")
+    spec = sweep_spec(cfg)
+    assert spec.config["tracking"]["uri"] == "http://***@mlflow:5000"
+    assert "s3cret" not in str(spec.config) and "s3cret" not in str(spec.recorded_config)
+    assert tracking_spec(cfg).uri == "http://alice:s3cret@mlflow:5000"   # still used to connect

@@ -395,3 +395,12 @@ def test_keras_cifar10_labels_flattened_and_named(monkeypatch):
     assert data.input_shape == (4, 4, 3)
     assert data.y_train.shape == (45,) and data.y_test.shape == (20,)
     assert data.class_names[0] == "airplane" and data.num_classes == 10
+
+
+def test_the_digest_names_the_data_not_the_object():
+    first = load_dataset(DataConfig("digits", limit=100), seed=0)
+    assert first.digest() == load_dataset(DataConfig("digits", limit=100), seed=0).digest()
+    assert first.digest() != load_dataset(DataConfig("digits", limit=100), seed=1).digest()
+    assert first.profile() == {"train": len(first.x_train), "val": len(first.x_val),
+                               "test": len(first.x_test), "image_shape": [8, 8, 1],
+                               "classes": list(first.class_names)}

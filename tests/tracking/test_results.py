@@ -11,7 +11,7 @@ from mlflow.entities import Metric
 from cnnsearch.tracking.results import COLUMNS, latest_sweep, leaderboard, pareto_front
 from tests.tracking.conftest import error_lines, new_experiment, run_cli
 
-CSV_COLUMNS = {"rank", "trial", "status", "val_accuracy", "params", "flops", "pareto",
+CSV_COLUMNS = {"rank", "trial", "status", "score", "val_accuracy", "params", "flops", "pareto",
                "architecture"}
 
 
@@ -47,14 +47,18 @@ def test_pareto_front_of_one_and_of_no_trial():
 # -- leaderboard and latest_sweep on runs made by hand -----------------------------------
 
 
-def _sweep(client, experiment_id: str, name: str, start_time: int) -> str:
+def _sweep(client, experiment_id: str, name: str, start_time: int,
+           objective: str = "val_accuracy") -> str:
     run = client.create_run(experiment_id, start_time=start_time, run_name=name,
                             tags={"cnnsearch.role": "sweep"})
+    client.log_param(run.info.run_id, "tuner.objective", objective)
+    client.log_param(run.info.run_id, "tuner.direction", "None")   # as the recorder logs it
     return run.info.run_id
 
 
 def _trial(client, experiment_id: str, parent_id: str, trial_id: str,
-           val_accuracy: float | None, params: int, reason: str | None = None) -> str:
+           val_accuracy: float | None, params: int, reason: str | None = None,
+           val_loss: float | None = None) -> str:
     status = "completed" if reason is None else "failed"
     tags = {"mlflow.parentRunId": parent_id, "cnnsearch.role": "trial",
             "cnnsearch.trial_id": trial_id, "cnnsearch.status": status,
@@ -62,8 +66,8 @@ def _trial(client, experiment_id: str, parent_id: str, trial_id: str,
     if reason:
         tags["cnnsearch.reason"] = reason
     run_id = client.create_run(experiment_id, run_name=f"trial-{trial_id}", tags=tags).info.run_id
-    values = {"params": params, "flops": 10 * params, "epochs_run": 2, "train_seconds": 1.5,
-              "best_val_accuracy": val_accuracy}
+    values = {"param_count": params, "flops": 10 * params, "epochs_run": 2,
+              "train_seconds": 1.5, "best_val_accuracy": val_accuracy, "best_val_loss": val_loss}
     client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()
                                       if v is not None])
     client.set_terminated(run_id, "FINISHED" if reason is None else "FAILED")
@@ -85,10 +89,19 @@ def made(scratch_client):
     return client, experiment_id, first, second
 
 
-def test_latest_sweep_is_the_last_started(made):
-    client, experiment_id, _, second = made
-    assert latest_sweep(client, [experiment_id]).info.run_id == second
-    assert latest_sweep(client, [new_experiment(client)]) is None
+def test_latest_sweep_is_the_last_finished(scratch_client):
+    client = scratch_client
+    experiment_id = new_experiment(client)
+    assert latest_sweep(client, [experiment_id]) is None
+    older = _sweep(client, experiment_id, "older", start_time=1_000)
+    newer = _sweep(client, experiment_id, "newer", start_time=2_000)
+    client.set_terminated(newer, "FINISHED", end_time=3_000)
+    client.set_terminated(older, "FINISHED", end_time=4_000)   # started first, ended last
+    assert latest_sweep(client, [experiment_id]).info.run_id == older
+    _sweep(client, experiment_id, "running", start_time=5_000)   # not finished: not latest
+    failed = _sweep(client, experiment_id, "failed", start_time=6_000)
+    client.set_terminated(failed, "FAILED", end_time=7_000)
+    assert latest_sweep(client, [experiment_id]).info.run_id == older
 
 
 def test_leaderboard_is_best_first_with_ties_to_the_smaller(made):
@@ -108,6 +121,21 @@ def test_leaderboard_is_best_first_with_ties_to_the_smaller(made):
     assert table.architecture.iloc[0] == "arch a"
     assert "x" not in trials                 # another sweep's trial
     assert leaderboard(client, first).trial.tolist() == ["x"]
+    assert table.attrs["objective"] == "val_accuracy"
+    assert table.score.tolist()[:5] == table.val_accuracy.tolist()[:5]
+
+
+def test_leaderboard_ranks_by_the_sweeps_objective_and_direction(scratch_client):
+    client = scratch_client
+    experiment_id = new_experiment(client)
+    sweep = _sweep(client, experiment_id, "by-loss", start_time=1_000, objective="val_loss")
+    # the lowest loss is not the highest accuracy
+    for trial_id, accuracy, loss in (("a", 0.95, 0.30), ("b", 0.90, 0.10), ("c", 0.93, 0.20)):
+        _trial(client, experiment_id, sweep, trial_id, accuracy, 100, val_loss=loss)
+    table = leaderboard(client, sweep)
+    assert table.trial.tolist() == ["b", "c", "a"]
+    assert table.score.tolist() == [0.10, 0.20, 0.30]
+    assert table.attrs["objective"] == "val_loss"
 
 
 # -- cnnsearch results (in this process) on the real sweep --------------------------------

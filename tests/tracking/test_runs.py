@@ -9,6 +9,7 @@ import json
 import re
 
 import keras
+import matplotlib.image
 import numpy as np
 import pytest
 import yaml
@@ -26,7 +27,7 @@ from tests.tracking.conftest import (
 
 PARENT_METRICS = ("best_val_accuracy", "test_accuracy", "test_loss", "n_trials", "n_failed",
                   "n_skipped", "sweep_seconds")
-CHILD_METRICS = ("params", "flops", "train_seconds", "epochs_run", "images_per_second")
+CHILD_METRICS = ("param_count", "flops", "train_seconds", "epochs_run", "images_per_second")
 PLOTS = {"val_accuracy_vs_params.png", "val_accuracy_per_trial.png", "learning_curves_top.png"}
 
 
@@ -63,6 +64,44 @@ def test_parent_params_are_the_flattened_config(swept):
     assert params["space_hash"] == swept.parent.data.tags["cnnsearch.space_hash"]
 
 
+def test_runs_carry_a_description_and_a_visible_git_commit(swept):
+    tags = swept.parent.data.tags
+    note = tags["mlflow.note.content"]
+    assert swept.sweep_dir.name in note and "random search of CNNs on digits" in note
+    assert "highest val_accuracy" in note
+    best = tags["cnnsearch.best_trial"]
+    assert f"Winner: trial {best}, `{tags['cnnsearch.architecture']}`" in note
+    assert f"test accuracy {swept.parent.data.metrics['test_accuracy']:.4f}" in note
+    if "mlflow.source.git.commit" in tags:
+        assert tags["cnnsearch.git_commit"] == tags["mlflow.source.git.commit"]
+    for child in swept.store.children:
+        assert child.data.tags["mlflow.note.content"].startswith(
+            f"Trial {child.data.tags['cnnsearch.trial_id']}: "
+            f"`{child.data.tags['cnnsearch.architecture']}`")
+
+
+def test_the_data_set_is_the_sweeps_logged_input(swept):
+    run = swept.store.client.get_run(swept.parent.info.run_id)
+    (logged,) = run.inputs.dataset_inputs
+    assert logged.dataset.name == "digits"
+    assert re.fullmatch(r"[0-9a-f]{12}", logged.dataset.digest)
+    assert {(t.key, t.value) for t in logged.tags} == {("mlflow.data.context", "training")}
+    profile = json.loads(logged.dataset.profile)
+    assert profile["image_shape"] == [8, 8, 1] and len(profile["classes"]) == 10
+    assert profile["train"] + profile["val"] + profile["test"] >= 200   # data.limit=200 train
+
+
+def test_parent_params_are_only_what_the_sweep_uses(swept):
+    params = swept.parent.data.params
+    assert "tuner.max_trials" in params and "tuner.pruning" in params   # random search knobs
+    for unused in ("tuner.max_epochs", "tuner.factor", "tuner.alpha", "tuner.beta",
+                   "tuner.num_initial_points", "ui.port", "ui.host", "results.top"):
+        assert unused not in params, unused
+    assert not [key for key in params if key.startswith(("export.", "results.", "ui."))]
+    config = yaml.safe_load(_text(swept.store.client, swept.parent.info.run_id, "config.yaml"))
+    assert config["ui"]["port"] == 5000   # the artifact keeps the whole composed config
+
+
 def test_parent_metrics_summarise_the_sweep(swept):
     metrics = swept.parent.data.metrics
     for name in PARENT_METRICS:
@@ -91,6 +130,10 @@ def test_parent_artifacts(swept):
     assert {"config.yaml", "search_space.yaml", "leaderboard.csv", "plots",
             "model"} <= _artifacts(client, run_id)
     assert {p.split("/")[-1] for p in _artifacts(client, run_id, "plots")} == PLOTS
+    for plot in PLOTS:   # big enough to read (the first version was 545x394)
+        width, height = matplotlib.image.imread(
+            client.download_artifacts(run_id, f"plots/{plot}")).shape[1::-1]
+        assert width >= 1000 and height >= 600, (plot, width, height)
     assert "model/MLmodel" in _artifacts(client, run_id, "model")
 
     config = yaml.safe_load(_text(client, run_id, "config.yaml"))
@@ -146,7 +189,7 @@ def test_trial_metrics_and_artifacts(swept):
         metrics = run.data.metrics
         for name in CHILD_METRICS:
             assert name in metrics, name
-        assert metrics["params"] > 0 and metrics["flops"] > 0
+        assert metrics["param_count"] > 0 and metrics["flops"] > 0
         assert metrics["epochs_run"] == 2
         assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
         assert {"architecture.json", "summary.txt"} <= _artifacts(client, run.info.run_id)
@@ -155,7 +198,7 @@ def test_trial_metrics_and_artifacts(swept):
         assert architecture["blocks"][0]["filters"] == int(run.data.params["block1_filters"])
         summary = _text(client, run.info.run_id, "summary.txt")
         assert summary.splitlines()[0] == run.data.tags["cnnsearch.architecture"]
-        assert f"{int(metrics['params']):,}" in summary
+        assert f"{int(metrics['param_count']):,}" in summary
 
 
 def test_per_epoch_history(swept):
@@ -255,4 +298,4 @@ def test_nan_trials_are_failed_runs_with_the_reason(cli_in_process, tmp_path):
         assert run.info.status == "FAILED"
         assert run.data.tags["cnnsearch.status"] == "failed"
         assert "loss became NaN at epoch 0" in run.data.tags["cnnsearch.reason"]
-        assert "params" in run.data.metrics and "train_seconds" in run.data.metrics
+        assert "param_count" in run.data.metrics and "train_seconds" in run.data.metrics

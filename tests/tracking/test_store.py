@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
-from cnnsearch.tracking.config import TrackingConfig
+from cnnsearch.tracking.config import TrackingConfig, redact
 from cnnsearch.tracking.store import (
     TrackingError,
     open_store,
@@ -28,9 +29,12 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def _run(client, experiment_id: str, host: str, pid: int, trial: bool = True) -> str:
+def _run(client, experiment_id: str, host: str, pid: int, trial: bool = True,
+         started: str | None = None) -> str:
     tags = {"cnnsearch.role": "trial" if trial else "sweep", "cnnsearch.host": host,
             "cnnsearch.pid": str(pid)}
+    if started is not None:
+        tags["cnnsearch.process_start"] = started
     if trial:
         tags["cnnsearch.status"] = "running"
     return client.create_run(experiment_id, tags=tags).info.run_id
@@ -43,18 +47,23 @@ def test_reconcile_kills_only_this_hosts_runs_whose_process_is_gone(scratch_clie
     stale_trial = _run(client, experiment_id, host, dead)
     stale_sweep = _run(client, experiment_id, host, dead, trial=False)
     alive = _run(client, experiment_id, host, os.getppid())
+    alive_same_start = _run(client, experiment_id, host, os.getppid(),
+                            started=process_tags_of(os.getppid()))
+    reused_pid = _run(client, experiment_id, host, os.getppid(), started="12345.00")
     mine = _run(client, experiment_id, host, os.getpid())
     elsewhere = _run(client, experiment_id, f"not-{host}", dead)
     finished = _run(client, experiment_id, host, dead)
     client.set_terminated(finished, "FINISHED")
 
-    assert reconcile_stale_runs(client, [experiment_id]) == 2
+    assert reconcile_stale_runs(client, [experiment_id]) == 3
 
     def status(run_id):
         return client.get_run(run_id).info.status
 
     assert status(stale_trial) == status(stale_sweep) == "KILLED"
-    assert status(alive) == status(mine) == status(elsewhere) == "RUNNING"
+    assert status(reused_pid) == "KILLED"   # the pid lives, but it is another process
+    assert status(alive) == status(alive_same_start) == status(mine) == "RUNNING"
+    assert status(elsewhere) == "RUNNING"
     assert status(finished) == "FINISHED"
     tags = client.get_run(stale_trial).data.tags
     assert tags["cnnsearch.status"] == "killed"        # what `cnnsearch results` shows
@@ -63,9 +72,14 @@ def test_reconcile_kills_only_this_hosts_runs_whose_process_is_gone(scratch_clie
     assert reconcile_stale_runs(client, [experiment_id]) == 0
 
 
+def process_tags_of(pid: int) -> str:
+    return f"{psutil.Process(pid).create_time():.2f}"
+
+
 def test_process_tags_name_this_process():
     assert process_tags() == {"cnnsearch.host": socket.gethostname(),
-                              "cnnsearch.pid": str(os.getpid())}
+                              "cnnsearch.pid": str(os.getpid()),
+                              "cnnsearch.process_start": process_tags_of(os.getpid())}
 
 
 # -- open_store --------------------------------------------------------------------------
@@ -117,6 +131,24 @@ def test_unreachable_server_fails_fast_before_any_work(cli_in_process, tmp_path)
     assert "tracking.uri=http://127.0.0.1:9" in _error(code, err)
     assert out == ""
     assert not root.exists()
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed(cli_in_process, tmp_path):
+    code, out, err = cli_in_process("sweep", f"paths.root={tmp_path / 'out'}", *QUICK,
+                                    "tracking=server", "tracking.uri=http://alice:s3cret@127.0.0.1:9")
+    assert "tracking.uri=http://***@127.0.0.1:9" in _error(code, err)
+    assert "s3cret" not in out + err and "alice" not in out + err
+
+
+@pytest.mark.parametrize(("uri", "shown"), [
+    ("http://alice:s3cret@mlflow.example:5000/x?y=1", "http://***@mlflow.example:5000/x?y=1"),
+    ("https://token@host", "https://***@host"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("sqlite:////tmp/a@b/mlflow.db", "sqlite:////tmp/a@b/mlflow.db"),   # '@' in a path only
+    (None, None),
+])
+def test_redact_masks_only_the_user_part(uri, shown):
+    assert redact(uri) == shown
 
 
 def test_server_without_uri_names_the_key(cli_in_process, tmp_path):
