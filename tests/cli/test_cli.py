@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
@@ -24,6 +25,15 @@ def test_help_lists_the_commands(cnnsearch, cli_env, tmp_path):
         assert out.stdout.startswith("usage: cnnsearch <command>")
         assert re.search(r"^\s+sweep\s+\S", out.stdout, re.MULTILINE)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ui_command_loads_neither_keras_nor_tensorflow(cli_env, tmp_path):
+    code = ("import sys; import cnnsearch.search.commands, cnnsearch.search.cli; "
+            "print(sorted(m for m in ('keras', 'tensorflow', 'keras_tuner') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=cli_env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_version(cnnsearch, cli_env, tmp_path):

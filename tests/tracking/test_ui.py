@@ -11,6 +11,8 @@ import urllib.request
 import psutil
 import pytest
 
+from cnnsearch.tracking.config import TrackingConfig
+from cnnsearch.tracking.store import experiment_id, open_store
 from tests.tracking.conftest import free_port, start_cli, stop_tree, wait_for_text
 
 pytestmark = pytest.mark.slow
@@ -50,7 +52,7 @@ def test_ui_serves_and_sigterm_stops_its_whole_server(tmp_path):
         assert _port_closed(port)
     finally:
         stop_tree(ui)
-    assert f"MLflow UI on http://127.0.0.1:{port}" in stderr.read_text()
+    assert f"MLflow UI: http://127.0.0.1:{port}/ " in stderr.read_text()   # no sweep yet
     assert "other machines" not in stderr.read_text()
     assert (tmp_path / "mlflow").is_dir()
 
@@ -61,9 +63,27 @@ def test_ui_on_all_interfaces_warns(tmp_path):
     ui = start_cli("ui", f"paths.root={tmp_path}", "ui.host=0.0.0.0", f"ui.port={port}",
                    stderr_path=stderr)
     try:
-        wait_for_text(stderr, f"MLflow UI on http://0.0.0.0:{port}", ui, timeout=120)
+        wait_for_text(stderr, f"MLflow UI: http://0.0.0.0:{port}/", ui, timeout=120)
     finally:
         stop_tree(ui)
     warnings = [line for line in stderr.read_text().splitlines() if "other machines" in line]
     assert len(warnings) == 1, stderr.read_text()
     assert "WARNING" in warnings[0] and "ui.host=0.0.0.0" in warnings[0]
+
+
+def test_ui_prints_the_url_of_the_experiments_runs(tmp_path):
+    store = TrackingConfig(root=str(tmp_path), experiment="digits")
+    experiment = experiment_id(open_store(store), store)
+    port = free_port()
+    stderr = tmp_path / "ui.err"
+    ui = start_cli("ui", f"paths.root={tmp_path}", f"ui.port={port}", stderr_path=stderr)
+    try:
+        url = (f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs"
+               "?workflowType=machine_learning")
+        wait_for_text(stderr, f"MLflow UI: {url} ", ui, timeout=120)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200   # printed only once the server answers
+    finally:
+        stop_tree(ui)
+    tags = open_store(store).get_experiment(experiment).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
