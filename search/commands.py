@@ -151,9 +151,9 @@ def ui_command(cfg: DictConfig) -> int:
                tracking.tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
     # MLflow's background job runner is not used by cnnsearch and slows start and stop.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    url = f"http://{host}:{port}/{_experiment_page(tracking)}"   # before the server opens it
     with subprocess.Popen(command, env=env) as server, _sigterm_as_interrupt():
         try:
-            url = f"http://{host}:{port}/{_experiment_page(tracking)}"
             if _wait_until_up(f"http://{host}:{port}/health", server):
                 console.print(f"MLflow UI: {url}  (store {tracking.display_uri}; Ctrl-C stops)")
             return server.wait()
