@@ -140,3 +140,19 @@ def test_fashion_tiny(tmp_path):
 def test_every_benchmark_has_a_test():
     tested = {"fashion", "overhead", "throughput", "quality", "memory", "costs", "profile"}
     assert set(NAMES) == tested
+
+
+def test_fashion_targets_are_checked_on_the_medians():
+    from benchmarks import fashion
+
+    summary = {"ours": {"test_accuracy": 0.912, "time_to_90": 80.0},
+               "keras_tuner": {"test_accuracy": 0.900, "time_to_90": None},   # never got there
+               "optuna": {"test_accuracy": 0.905, "time_to_90": 300.0}}
+    ((_, _, rows),) = fashion.targets(summary)
+    assert [row[-1] for row in rows] == ["yes", "yes", "yes"]
+    summary["ours"].update(test_accuracy=0.904, time_to_90=None)
+    ((_, _, rows),) = fashion.targets(summary)
+    assert [row[-1] for row in rows] == ["**no**", "**no**", "**no**"]
+    summary["keras_tuner"]["time_to_90"], summary["ours"]["time_to_90"] = 200.0, 101.0
+    ((_, _, rows),) = fashion.targets(summary)
+    assert rows[2][-1] == "**no**"   # 101 s is more than half of 200 s

@@ -85,7 +85,7 @@ BAD_INPUTS = {
     "search_space.dense_units": ["sweep", "search_space.dense_units=[-1]"],
     "search_space.max_params": ["sweep", "search_space.max_params=0"],
     "search_space unknown key": ["sweep", "search_space.colour=[1]"],
-    "sweep.name with a space": ["sweep", "sweep.name=a b"],
+    "sweep.name with a space": ["sweep", "sweep.name='a b'"],
     "sweep.name hidden": ["sweep", "sweep.name=.hidden"],
     "experiment=nope": ["sweep", "experiment=nope"],
     "export.format": ["export", "export.format=gif"],
