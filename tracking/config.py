@@ -42,10 +42,15 @@ class TrackingConfig:
         return Path(self.root).resolve() / "mlflow"
 
     @property
+    def store_file(self) -> Path:
+        """The local store's SQLite file."""
+        return self.store_dir / "mlflow.db"
+
+    @property
     def tracking_uri(self) -> str:
         if self.mode == TrackingMode.server:
             return self.uri or ""
-        return self.uri or f"sqlite:///{self.store_dir / 'mlflow.db'}"
+        return self.uri or f"sqlite:///{self.store_file}"
 
     @property
     def display_uri(self) -> str:
@@ -56,7 +61,7 @@ class TrackingConfig:
     def store_exists(self) -> bool:
         """False for a local store not created yet (readers must not create it)."""
         return (self.mode != TrackingMode.local or bool(self.uri)
-                or (self.store_dir / "mlflow.db").exists())
+                or self.store_file.exists())
 
     @property
     def artifact_location(self) -> str | None:

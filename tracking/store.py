@@ -27,7 +27,7 @@ TAG_PROCESS_START = "cnnsearch.process_start"   # psutil create_time of that pid
 TAG_STATUS = "cnnsearch.status"   # of a trial run: running | completed | failed | killed
 TAG_REASON = "cnnsearch.reason"
 EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag the UI reads
-LOCK_FILE = ".cnnsearch.lock"   # beside mlflow.db
+LOCK_FILE = ".cnnsearch.lock"   # beside the local store's mlflow.db
 
 
 class TrackingError(Exception):
@@ -51,10 +51,25 @@ def open_store(spec: TrackingConfig) -> MlflowClient:
         if not os.access(spec.store_dir, os.W_OK):
             raise TrackingError(f"the MLflow store folder {spec.store_dir} is not writable")
         with _store_lock(spec.store_dir):   # one process creates or upgrades the schema
+            if not spec.uri:
+                _create_atomically(spec.store_file)
             client = MlflowClient(spec.tracking_uri)
             client.search_experiments(max_results=1)
         return client
     return MlflowClient(spec.tracking_uri)
+
+
+def _create_atomically(db: Path) -> None:
+    """Create a new SQLite store's tables in a side file, then move it in place at once:
+    a process killed during MLflow's table creation leaves no half-made store. Called
+    under the store lock, so any side file found is a killed creator's."""
+    if db.exists():
+        return
+    for stale in db.parent.glob(f".{db.name}.partial-*"):   # left by a killed creator
+        stale.unlink()
+    partial = db.with_name(f".{db.name}.partial-{os.getpid()}")
+    MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
+    os.replace(partial, db)
 
 
 @contextmanager

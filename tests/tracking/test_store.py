@@ -14,6 +14,7 @@ import pytest
 from cnnsearch.tracking.config import TrackingConfig, redact
 from cnnsearch.tracking.store import (
     TrackingError,
+    experiment_id,
     open_store,
     process_tags,
     reconcile_stale_runs,
@@ -91,6 +92,17 @@ def test_local_store_lives_under_the_root(tmp_path):
     assert spec.artifact_location == (tmp_path / "mlflow" / "artifacts").as_uri()
     open_store(spec)
     assert (tmp_path / "mlflow").is_dir()
+
+
+def test_a_new_store_appears_whole_even_after_a_killed_creator(tmp_path):
+    spec = TrackingConfig(root=str(tmp_path))
+    spec.store_dir.mkdir(parents=True)
+    stale = spec.store_dir / ".mlflow.db.partial-999999"   # a creator killed mid-way
+    stale.write_bytes(b"half a database")
+    client = open_store(spec)
+    assert spec.store_file.is_file() and not stale.exists()
+    assert [p.name for p in spec.store_dir.glob(".mlflow.db.partial-*")] == []
+    assert experiment_id(client, spec) == experiment_id(open_store(spec), spec)
 
 
 @pytest.mark.parametrize(("spec", "words"), [
