@@ -31,6 +31,7 @@ the search start). A PNG plots the best validation accuracy so far against wall 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import statistics
@@ -184,11 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images (data.limit; default 12000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--searchers", nargs="+", choices=SEARCHERS, default=list(DEFAULT_SEARCHERS))
+    p.add_argument("--partial", metavar="FILE",
+                   help="runs nothing: the results of a run stopped early, from its "
+                        "fashion-partial.json (the seeds every searcher finished)")
     return p
 
 
 def measure(args: argparse.Namespace, out: Path) -> dict:
     base = {"budget": args.budget_seconds, "limit": args.limit}
+    if args.partial:
+        return from_partial(Path(args.partial), base, args.seeds, PLOT)
     if args.tiny:   # the code paths only: 1 epoch per trial, a moment of budget
         base = {"budget": 1.0, "limit": 200, "epochs": 1,
                 "ours_overrides": ["training.epochs=1", "final_fit.epochs=1"]}
@@ -205,6 +211,25 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
         plot(runs, base, PLOT)
     return {"params": {**base, "seeds": args.seeds}, "runs": runs,
             "summary": summarise(runs), "anchors": ANCHORS}
+
+
+def from_partial(path: Path, base: dict, seeds: list[int], plot_path: Path) -> dict:
+    """The results of a run stopped early, from the runs it saved after each worker.
+
+    Keeps the seeds every searcher finished; ``started`` and ``seconds`` are the run's
+    own (the file's last write minus the workers' summed process time).
+    """
+    runs = json.loads(path.read_text())
+    done = min(len(results) for results in runs.values())
+    runs = {searcher: results[:done] for searcher, results in runs.items()}
+    plot(runs, base, plot_path)
+    seconds = sum(r.get("process_seconds", 0.0) for results in runs.values() for r in results)
+    ended = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+    return {"params": {**base, "seeds": seeds[:done]}, "runs": runs,
+            "summary": summarise(runs), "anchors": ANCHORS,
+            "started": (ended - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
+            "stopped_early": f"after {done} of the {len(seeds)} seeds {seeds}"}
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:

@@ -58,6 +58,8 @@ def render(out: Path, include_tiny: bool = False, only: list[str] | None = None)
     for payload in payloads:
         module = importlib.import_module(f"benchmarks.{payload['benchmark']}")
         tiny = " **Tiny mode: these numbers mean nothing.**" if payload.get("tiny") else ""
+        if payload.get("stopped_early"):
+            tiny += f" Stopped early, {payload['stopped_early']}: the finished seeds only."
         lines += [f"### {payload['benchmark']}", "", f"```bash\n{payload['command']}\n```", "",
                   f"Started {payload['started']}, took {payload['seconds']:.0f} s, load "
                   f"average at the end {_load(payload['machine'])}.{tiny}", ""]
