@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     if command not in COMMANDS:
         return _fail(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF_CPP_MIN_LOG_LEVEL=0 shows them
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # MLflow draws a progress bar on stderr for every artifact it downloads (with tqdm
     # installed): noise around our one-line messages.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

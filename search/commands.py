@@ -155,7 +155,8 @@ def ui_command(cfg: DictConfig) -> int:
     with subprocess.Popen(command, env=env) as server, _sigterm_as_interrupt():
         try:
             if _wait_until_up(f"http://{host}:{port}/health", server):
-                console.print(f"MLflow UI: {url}  (store {tracking.display_uri}; Ctrl-C stops)")
+                console.print(f"MLflow UI: {url}  (store {tracking.display_uri}; Ctrl-C stops)",
+                              soft_wrap=True)   # one line: a wrapped URL cannot be clicked
             return server.wait()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server too, not orphan it
             server.terminate()
