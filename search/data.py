@@ -202,8 +202,8 @@ def _load_idx(spec: DataConfig, seed: int) -> _Loaded:
             return _load_keras(spec, seed)
         except UserError as exc:
             raise UserError(_where_to_get(spec.name, exc.__cause__)) from exc.__cause__
-    logger.info("data=%s: IDX files in %s", spec.name, folder)
     arrays = idx.load_folder(folder, len(class_names))
+    logger.info("data=%s: IDX files in %s", spec.name, folder)
     return _Loaded(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                    class_names)
 
