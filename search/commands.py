@@ -120,8 +120,7 @@ def results_command(cfg: DictConfig) -> pd.DataFrame:
     if cfg.results.sweep == "latest":
         parent = latest_sweep(client, [exp_id])
         if parent is None:
-            raise UserError(f"no finished sweep yet in experiment {name!r}; run `cnnsearch "
-                            "sweep` first (or results.sweep=<parent run id> for a running one)")
+            raise UserError(f"no sweep yet in experiment {name!r}; run `cnnsearch sweep` first")
     else:
         try:
             parent = client.get_run(cfg.results.sweep)

@@ -24,13 +24,14 @@ COLUMNS = ["rank", "trial", "status", "score", "val_accuracy", "params", "flops"
            "start_time"]
 
 
-def latest_sweep(client: MlflowClient, experiment_ids: list[str]):
-    """The most recently finished sweep (parent) run, or None: what ``latest`` means for
-    ``cnnsearch results`` and ``cnnsearch export`` alike."""
-    runs = client.search_runs(
-        experiment_ids,
-        filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and attributes.status = 'FINISHED'",
-        order_by=["attributes.end_time DESC"], max_results=1)
+def latest_sweep(client: MlflowClient, experiment_ids: list[str], finished: bool = False):
+    """The most recently started sweep (parent) run, or None: what ``latest`` means for
+    ``cnnsearch results`` and ``cnnsearch export`` alike (``finished``: the most recently
+    started of the FINISHED ones)."""
+    status = " and attributes.status = 'FINISHED'" if finished else ""
+    runs = client.search_runs(experiment_ids,
+                              filter_string=f"tags.`{TAG_ROLE}` = 'sweep'{status}",
+                              order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
 

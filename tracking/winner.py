@@ -38,6 +38,12 @@ def find_winner(client: MlflowClient, experiment_id: str | None, run: str = "lat
         parent = None if experiment_id is None else latest_sweep(client, [experiment_id])
         if parent is None:
             raise TrackingError("no finished sweep to export yet; run `cnnsearch sweep` first")
+        if parent.info.status != "FINISHED":   # never a silently older model
+            done = latest_sweep(client, [experiment_id], finished=True)
+            other = (f"export.run={done.info.run_id} exports the latest finished one "
+                     f"({done.info.run_name})" if done else "no sweep has finished yet")
+            raise TrackingError(f"the latest sweep {parent.info.run_name} is "
+                                f"{parent.info.status} and has no final model; {other}")
         run_id, model_uri = parent.info.run_id, f"runs:/{parent.info.run_id}/model"
     else:
         run_id, model_uri = run, f"runs:/{run}/model"

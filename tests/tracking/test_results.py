@@ -9,6 +9,8 @@ import pytest
 from mlflow.entities import Metric
 
 from cnnsearch.tracking.results import COLUMNS, latest_sweep, leaderboard, pareto_front
+from cnnsearch.tracking.store import TrackingError
+from cnnsearch.tracking.winner import find_winner
 from tests.tracking.conftest import error_lines, new_experiment, run_cli
 
 CSV_COLUMNS = {"rank", "trial", "status", "score", "val_accuracy", "params", "flops", "pareto",
@@ -89,19 +91,18 @@ def made(scratch_client):
     return client, experiment_id, first, second
 
 
-def test_latest_sweep_is_the_last_finished(scratch_client):
+def test_latest_sweep_is_the_last_started_and_export_refuses_it_unfinished(scratch_client):
     client = scratch_client
     experiment_id = new_experiment(client)
     assert latest_sweep(client, [experiment_id]) is None
     older = _sweep(client, experiment_id, "older", start_time=1_000)
+    client.set_terminated(older, "FINISHED", end_time=4_000)
     newer = _sweep(client, experiment_id, "newer", start_time=2_000)
-    client.set_terminated(newer, "FINISHED", end_time=3_000)
-    client.set_terminated(older, "FINISHED", end_time=4_000)   # started first, ended last
-    assert latest_sweep(client, [experiment_id]).info.run_id == older
-    _sweep(client, experiment_id, "running", start_time=5_000)   # not finished: not latest
-    failed = _sweep(client, experiment_id, "failed", start_time=6_000)
-    client.set_terminated(failed, "FAILED", end_time=7_000)
-    assert latest_sweep(client, [experiment_id]).info.run_id == older
+    client.set_terminated(newer, "KILLED", end_time=3_000)
+    assert latest_sweep(client, [experiment_id]).info.run_id == newer
+    assert latest_sweep(client, [experiment_id], finished=True).info.run_id == older
+    with pytest.raises(TrackingError, match=f"newer is KILLED .*export.run={older}"):
+        find_winner(client, experiment_id)   # the same sweep, or a clear no
 
 
 def test_leaderboard_is_best_first_with_ties_to_the_smaller(made):
