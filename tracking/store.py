@@ -66,7 +66,8 @@ def _create_atomically(db: Path) -> None:
     if db.exists():
         return
     for stale in db.parent.glob(f".{db.name}.partial-*"):   # left by a killed creator
-        stale.unlink()
+        if stale.name.rpartition("-")[2].isdigit() and stale.is_file() and not stale.is_symlink():
+            stale.unlink()   # only our own side files: .mlflow.db.partial-<pid>
     partial = db.with_name(f".{db.name}.partial-{os.getpid()}")
     MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
     os.replace(partial, db)
