@@ -185,16 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images (data.limit; default 12000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--searchers", nargs="+", choices=SEARCHERS, default=list(DEFAULT_SEARCHERS))
-    p.add_argument("--partial", metavar="FILE",
-                   help="runs nothing: the results of a run stopped early, from its "
-                        "fashion-partial.json (the seeds every searcher finished)")
+    p.add_argument("--partial", metavar="FILE", nargs="+",
+                   help="runs nothing: the results of runs stopped early or run a seed at "
+                        "a time, from their fashion-partial.json files in seed order (the "
+                        "seeds every searcher finished)")
     return p
 
 
 def measure(args: argparse.Namespace, out: Path) -> dict:
     base = {"budget": args.budget_seconds, "limit": args.limit}
     if args.partial:
-        return from_partial(Path(args.partial), base, args.seeds, PLOT)
+        return from_partial([Path(p) for p in args.partial], base, args.seeds, PLOT)
     if args.tiny:   # the code paths only: 1 epoch per trial, a moment of budget
         base = {"budget": 1.0, "limit": 200, "epochs": 1,
                 "ours_overrides": ["training.epochs=1", "final_fit.epochs=1"]}
@@ -213,23 +214,34 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
             "summary": summarise(runs), "anchors": ANCHORS}
 
 
-def from_partial(path: Path, base: dict, seeds: list[int], plot_path: Path) -> dict:
-    """The results of a run stopped early, from the runs it saved after each worker.
+def from_partial(paths: list[Path], base: dict, seeds: list[int], plot_path: Path) -> dict:
+    """The results of runs that each did some of the seeds (stopped early, or run a seed
+    at a time), from their fashion-partial.json files given in seed order.
 
-    Keeps the seeds every searcher finished; ``started`` and ``seconds`` are the run's
-    own (the file's last write minus the workers' summed process time).
+    Keeps the seeds every searcher finished; ``started`` is when the first file's run
+    began and ``seconds`` the workers' summed process time.
     """
-    runs = json.loads(path.read_text())
+    runs: dict[str, list[dict]] = {}
+    for path in paths:
+        for searcher, results in json.loads(path.read_text()).items():
+            runs.setdefault(searcher, []).extend(results)
     done = min(len(results) for results in runs.values())
     runs = {searcher: results[:done] for searcher, results in runs.items()}
     plot(runs, base, plot_path)
     seconds = sum(r.get("process_seconds", 0.0) for results in runs.values() for r in results)
-    ended = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
-    return {"params": {**base, "seeds": seeds[:done]}, "runs": runs,
-            "summary": summarise(runs), "anchors": ANCHORS,
-            "started": (ended - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 1),
-            "stopped_early": f"after {done} of the {len(seeds)} seeds {seeds}"}
+    first = json.loads(paths[0].read_text())
+    first_seconds = sum(r.get("process_seconds", 0.0) for rs in first.values() for r in rs)
+    ended = dt.datetime.fromtimestamp(paths[0].stat().st_mtime, dt.UTC)
+    payload = {"params": {**base, "seeds": seeds[:done]}, "runs": runs,
+               "summary": summarise(runs), "anchors": ANCHORS,
+               "started": (ended - dt.timedelta(seconds=first_seconds)).isoformat(
+                   timespec="seconds"),
+               "seconds": round(seconds, 1)}
+    if len(paths) > 1:
+        payload["combined"] = [str(path) for path in paths]
+    if done < len(seeds):
+        payload["stopped_early"] = f"after {done} of the {len(seeds)} seeds {seeds}"
+    return payload
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:

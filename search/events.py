@@ -28,6 +28,8 @@ class SweepInfo:
     dataset: dict = field(default_factory=dict)  # name, digest, source, profile
     objective: str = "val_accuracy"   # what a trial's score is
     maximize: bool = True             # its direction
+    # trial id -> best metrics of each trial keras-tuner completed before this start
+    completed_trials: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

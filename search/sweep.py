@@ -30,7 +30,7 @@ from cnnsearch.search.events import Observers, SweepInfo, SweepResult
 from cnnsearch.search.hypermodel import CNNHyperModel
 from cnnsearch.search.kt_internals import check_version, failure_stop_reason
 from cnnsearch.search.space import SearchSpace
-from cnnsearch.search.tuners import SweepTuner, best_metric, make_tuner
+from cnnsearch.search.tuners import SweepTuner, best_metric, completed_trials, make_tuner
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def run_sweep(spec: SweepSpec, observers: list | None = None,
     events = Observers(observers or [])
     if data is None:
         data = load_dataset(spec.data, spec.seed)
-    directory = _prepare_directory(spec)
+    directory, continued = _prepare_directory(spec)
     keras.utils.set_random_seed(spec.seed)
     policy = keras.config.dtype_policy()
     if spec.training.mixed_precision:
@@ -151,8 +151,9 @@ def run_sweep(spec: SweepSpec, observers: list | None = None,
                      "profile": data.profile()},
             space_hash=spec.space_hash,
             max_trials=None if spec.tuner.name == "hyperband" else spec.tuner.max_trials,
-            resumed=bool(tuner.oracle.trials), objective=spec.tuner.objective,
-            maximize=spec.tuner.objective_direction == "max"))
+            resumed=continued, objective=spec.tuner.objective,
+            maximize=spec.tuner.objective_direction == "max",
+            completed_trials=completed_trials(tuner)))
         result = SweepResult(name=spec.sweep_name, directory=str(directory))
         # Every object alive now (modules, data, observers) outlives the search; frozen,
         # the full collection keras-tuner runs before each trial skips them (~0.2 s).
@@ -175,8 +176,9 @@ def run_sweep(spec: SweepSpec, observers: list | None = None,
         keras.config.set_dtype_policy(policy)
 
 
-def _prepare_directory(spec: SweepSpec) -> Path:
-    """Create (or check, on resume) the sweep's folder and its recorded space hash.
+def _prepare_directory(spec: SweepSpec) -> tuple[Path, bool]:
+    """Create (or check, on resume) the sweep's folder and its recorded space hash;
+    returns the folder and whether it continues an earlier start of the sweep.
 
     The state file, written first, marks a folder as cnnsearch's: a fresh start
     (``sweep.resume=false``) empties only such a folder, and a non-empty folder
@@ -187,7 +189,8 @@ def _prepare_directory(spec: SweepSpec) -> Path:
     if state is None and directory.exists() and any(directory.iterdir()):
         raise UserError(f"{directory} exists and is not a cnnsearch sweep folder; nothing was "
                         "changed there: choose another sweep.name or paths.root")
-    if state is not None and spec.resume:
+    continued = state is not None and spec.resume
+    if continued:
         if state.get("space_hash") != spec.space_hash:
             raise UserError(
                 f"sweep {spec.sweep_name!r} in {directory} was started with a different "
@@ -199,7 +202,7 @@ def _prepare_directory(spec: SweepSpec) -> Path:
     (directory / STATE_FILE).write_text(json.dumps(
         {"name": spec.sweep_name, "space_hash": spec.space_hash, "config": spec.config},
         indent=2, default=str))
-    return directory
+    return directory, continued
 
 
 def _read_state(directory: Path) -> dict | None:

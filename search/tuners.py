@@ -244,6 +244,15 @@ def _gradient_registry() -> dict:
     return getattr(getattr(ops, "_gradient_registry", None), "_registry", {})
 
 
+def completed_trials(tuner: SweepTuner) -> dict[str, dict[str, float]]:
+    """Trial id -> best objective and validation accuracy of each completed trial."""
+    objective = tuner.oracle.objective.name
+    return {trial.trial_id: {f"best_{objective}": trial.score,
+                             "best_val_accuracy": best_metric(trial, "val_accuracy")}
+            for trial in tuner.oracle.trials.values()
+            if trial.status == TrialStatus.COMPLETED}
+
+
 def best_metric(trial, metric: str) -> float | None:
     """Best value of a metric over a trial's epochs (None if never logged)."""
     if not trial.metrics.exists(metric):

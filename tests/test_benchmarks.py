@@ -170,10 +170,31 @@ def test_fashion_from_partial_keeps_the_seeds_every_searcher_finished(tmp_path):
     partial = tmp_path / "fashion-partial.json"
     partial.write_text(json.dumps({"ours": [run(0.91), run(0.92), run(0.93)],
                                    "keras_tuner": [run(0.90), run(0.89)]}))
-    payload = fashion.from_partial(partial, {"budget": 10.0, "limit": 100}, [0, 1, 2],
+    payload = fashion.from_partial([partial], {"budget": 10.0, "limit": 100}, [0, 1, 2],
                                    tmp_path / "plot.png")
     assert payload["params"]["seeds"] == [0, 1]
     assert [len(runs) for runs in payload["runs"].values()] == [2, 2]
     assert payload["summary"]["ours"]["test_accuracy"] == pytest.approx(0.915)
     assert payload["seconds"] == 48.0 and payload["stopped_early"].startswith("after 2 of")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_fashion_from_partial_combines_runs_of_some_seeds_each(tmp_path):
+    from benchmarks import fashion
+
+    def run(accuracy):
+        return {"test_accuracy": accuracy, "best_val_accuracy": accuracy, "n_trials": 3,
+                "total_seconds": 10.0, "trial_ends": [5.0, 9.0],
+                "trial_val_accuracy": [accuracy - 0.01, accuracy], "time_to_90": 9.0,
+                "process_seconds": 12.0}
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"ours": [run(0.91), run(0.92)], "optuna": [run(0.8)] * 2}))
+    second.write_text(json.dumps({"ours": [run(0.95)], "optuna": [run(0.9)]}))
+    payload = fashion.from_partial([first, second], {"budget": 10.0, "limit": 100},
+                                   [0, 1, 2], tmp_path / "plot.png")
+    assert payload["params"]["seeds"] == [0, 1, 2]
+    assert payload["summary"]["ours"]["test_accuracy"] == pytest.approx(0.92)
+    assert payload["summary"]["optuna"]["test_accuracy"] == pytest.approx(0.8)
+    assert "stopped_early" not in payload and payload["combined"] == [str(first), str(second)]
+    assert payload["seconds"] == 72.0

@@ -80,6 +80,7 @@ class MlflowRecorder:
             self.client.update_run(self.parent_id, status="RUNNING")
             self.client.log_batch(self.parent_id, tags=_tags(process_tags()))
             log.info("MLflow: continuing parent run %s", self.parent_id)
+            self._close_completed(info.completed_trials)
             return
         tags[TAG_NOTE] = _sweep_note(info)
         run = self.client.create_run(self.experiment_id, run_name=info.name, tags=tags)
@@ -201,6 +202,28 @@ class MlflowRecorder:
                          profile=json.dumps(dataset["profile"]))
         self.client.log_inputs(self.parent_id, datasets=[DatasetInput(
             entity, tags=[InputTag("mlflow.data.context", "training")])])
+
+    def _close_completed(self, completed: dict[str, dict[str, float]]) -> None:
+        """Close FINISHED the run of each trial keras-tuner completed whose run a kill left
+        unfinished (killed after keras-tuner saved the trial, before the run was closed)."""
+        children = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
+            order_by=["attributes.start_time DESC"], max_results=10_000)
+        finished = {run.data.tags.get(TAG_TRIAL) for run in children
+                    if run.info.status == "FINISHED"}
+        for trial_id, metrics in completed.items():
+            runs = [run for run in children if run.data.tags.get(TAG_TRIAL) == trial_id]
+            if trial_id in finished or not runs:
+                continue
+            run_id = runs[0].info.run_id   # its latest attempt
+            self._log_metrics(run_id, metrics)
+            self.client.log_batch(run_id, tags=_tags({
+                TAG_STATUS: "completed",
+                TAG_REASON: "closed on resume: keras-tuner had completed the trial when the "
+                            "sweep's process stopped"}))
+            self.client.set_terminated(run_id, "FINISHED")
+            log.info("MLflow: closed trial %s's run %s (completed before the stop)",
+                     trial_id, run_id)
 
     def _find_parent(self, name: str, space_hash: str):
         runs = self.client.search_runs(

@@ -29,12 +29,6 @@ SWEEP = ["sweep", "experiment=quick", "tuner.max_trials=3", "training.epochs=3",
 
 # label -> what to wait for before the kill (a stderr text, or FILE:<name in the sweep
 # folder>) and how long to wait after it
-# Found by this suite and not fixed yet (issue 14): killed in or right after the first
-# trial, that trial ends COMPLETED in keras-tuner's folder but its MLflow run is KILLED
-# (no run of it reports its result).
-FIRST_TRIAL_RUN_LIES = pytest.mark.xfail(
-    reason="known violation: the first trial's MLflow run stays KILLED after the resume",
-    strict=False)
 POINTS = {
     "start-up (imports, config)": (None, 1.0),
     "after data loading (store set-up)": ("data=digits: train", 0.0),
@@ -109,13 +103,7 @@ def _check_consistent(root: Path, before: dict[str, tuple[bytes, int]]) -> None:
     assert model.count_params() == result["params"]
 
 
-KNOWN_VIOLATIONS = ("first model build", "inside the first trial's fit",
-                    "between trials (keras-tuner state write)")
-
-
-@pytest.mark.parametrize("point", [
-    pytest.param(point, marks=FIRST_TRIAL_RUN_LIES) if point in KNOWN_VIOLATIONS else point
-    for point in POINTS])
+@pytest.mark.parametrize("point", POINTS)
 def test_a_sweep_killed_anywhere_resumes_to_a_consistent_end(tmp_path, point):
     root, stderr = tmp_path / "out", tmp_path / "first.err"
     args = [*SWEEP, f"paths.root={root}"]
@@ -127,7 +115,6 @@ def test_a_sweep_killed_anywhere_resumes_to_a_consistent_end(tmp_path, point):
     _check_consistent(root, before)
 
 
-@FIRST_TRIAL_RUN_LIES   # its first kill is the "between trials" point
 def test_a_resume_killed_in_turn_still_ends_consistent(tmp_path):
     root = tmp_path / "out"
     args = [*SWEEP, f"paths.root={root}"]

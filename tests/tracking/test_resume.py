@@ -48,3 +48,24 @@ def test_resume_adds_no_duplicate_runs_and_new_trials_join_the_same_parent(tmp_p
     (new,) = set(grown) - set(trials)
     assert store.client.get_run(grown[new]).info.status == "FINISHED"
     assert resumed.data.metrics["n_trials"] == 4
+
+
+def test_resume_closes_the_run_of_a_trial_completed_before_a_kill(tmp_path):
+    # a kill after keras-tuner saved a trial COMPLETED but before its run was closed
+    # leaves that run KILLED (marked so by the next start): the resume closes it FINISHED
+    args = ["sweep", f"paths.root={tmp_path}", *SWEEP, "tuner.max_trials=2"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    store = open_experiment(tmp_path)
+    (parent,) = store.parents
+    run_id = _trial_runs(store, parent.info.run_id)["0"]
+    store.client.set_tag(run_id, "cnnsearch.status", "killed")
+    store.client.set_terminated(run_id, "KILLED")
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    run = store.client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["cnnsearch.status"] == "completed"
+    assert run.data.tags["cnnsearch.reason"].startswith("closed on resume")
+    assert _trial_runs(store, parent.info.run_id)["0"] == run_id
