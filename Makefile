@@ -31,6 +31,7 @@ bench: setup               ## every benchmark in full mode, in sequence (hours),
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.costs
 	$(BIN)/python -m benchmarks.profile
+	$(BIN)/python -m benchmarks.scaling
 	$(BIN)/python -m benchmarks.report
 
 lint: setup

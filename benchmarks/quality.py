@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one run of each variant per seed, interleaved (default 0 1 2)")
     p.add_argument("--epochs", type=int, default=30,
                    help="training.epochs for every search and the 2-conv CNN (default 30)")
+    p.add_argument("--variants", nargs="+", choices=["svm", "random", "bayesian", "hyperband",
+                                                     "keras_tuner", "cnn2"],
+                   default=["svm", "random", "bayesian", "hyperband", "keras_tuner", "cnn2"],
+                   help="which to run (default all; AutoKeras with --autokeras-python)")
     p.add_argument("--autokeras-python", default=os.environ.get("AUTOKERAS_PYTHON"),
                    help="python of a virtualenv with autokeras (default $AUTOKERAS_PYTHON); "
                         "without it AutoKeras is not run")
@@ -199,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 def measure(args: argparse.Namespace, out: Path) -> dict:
     if args.tiny:
         args.budget_seconds, args.seeds, args.epochs = 1.0, args.seeds[:1], 1
-    order = ["svm", "random", "bayesian", "hyperband", "keras_tuner", "cnn2"]
+    order = args.variants
     runs: dict[str, list[dict]] = {name: [] for name in order}
     autokeras_reason = _autokeras_reason(args.autokeras_python)
     if autokeras_reason is None:

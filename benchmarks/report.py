@@ -60,6 +60,9 @@ def render(out: Path, include_tiny: bool = False, only: list[str] | None = None)
         tiny = " **Tiny mode: these numbers mean nothing.**" if payload.get("tiny") else ""
         if payload.get("stopped_early"):
             tiny += f" Stopped early, {payload['stopped_early']}: the finished seeds only."
+        if payload.get("combined"):
+            tiny += (f" Combined from {len(payload['combined'])} runs of some seeds each "
+                     "(the seeds in the order of the files in the command).")
         lines += [f"### {payload['benchmark']}", "", f"```bash\n{payload['command']}\n```", "",
                   f"Started {payload['started']}, took {payload['seconds']:.0f} s, load "
                   f"average at the end {_load(payload['machine'])}.{tiny}", ""]

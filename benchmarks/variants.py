@@ -273,7 +273,8 @@ def build_plain_model(choose, input_shape: tuple[int, ...], num_classes: int) ->
             x = keras.layers.Activation(value["activation"])(x)
         if value["pooling"] != "none":
             size = choose("pool_size", f"pool_size_{b}")
-            x = (sum_pooling_2d(x.shape[1:], size, padding=value["padding"])(x)
+            x = (sum_pooling_2d(x.shape[1:], size, padding=value["padding"],
+                                name=f"sum_pool_{b}")(x)
                  if value["pooling"] == "sum"
                  else _POOLS[value["pooling"]](size, padding=value["padding"])(x))
     x = _HEADS[choose("global_pooling", "global_pooling")]()(x)

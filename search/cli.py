@@ -20,6 +20,7 @@ COMMANDS = {
     "results": "leaderboard of the latest sweep (or results.sweep=<run id>), CSV too",
     "export": "the winner to .keras, SavedModel, ONNX or TFLite (export.format=...|all)",
     "ui": "MLflow UI over the same store (ui.host, ui.port)",
+    "server": "an MLflow tracking server on PostgreSQL here (server.port), for many workers",
 }
 USAGE = """usage: cnnsearch <command> [hydra overrides] [hydra flags]
 
@@ -37,6 +38,8 @@ examples:
   cnnsearch results results.top=10 results.csv=leaderboard.csv
   cnnsearch export export.format=all                every format, each checked
   cnnsearch ui                                      http://127.0.0.1:5000
+  cnnsearch sweep distributed.workers=2             2 trials at once
+  cnnsearch server                                  MLflow on PostgreSQL, http://127.0.0.1:5001
 
 options:
   -h, --help     show this message

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from cnnsearch.search.config import Config, DataConfig
+from cnnsearch.search.config import Config, DataConfig, Role
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import SweepResult
 from cnnsearch.tracking.config import TrackingConfig, TrackingMode, redact
@@ -54,7 +54,16 @@ def sweep_spec(cfg: DictConfig):
         seed=config.seed,
         final_fit=config.final_fit,
         config=_without_credentials(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),
+        distributed=config.distributed,
+        overrides=tuple(_overrides()),
     )
+
+
+def _overrides() -> list[str]:
+    """The command line's overrides (a distributed chief passes them to its workers)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _without_credentials(config: dict) -> dict:
@@ -73,29 +82,54 @@ def tracking_spec(cfg: DictConfig) -> TrackingConfig:
     return tracking
 
 
-def sweep_command(cfg: DictConfig) -> SweepResult:
-    """``cnnsearch sweep``: run one sweep and print its summary table."""
+def sweep_command(cfg: DictConfig) -> SweepResult | None:
+    """``cnnsearch sweep``: run one sweep and print its summary table (a worker: train
+    the trials its chief hands out)."""
     from cnnsearch.search.data import load_dataset
     from cnnsearch.search.progress import ProgressDisplay
-    from cnnsearch.search.sweep import run_sweep, validate
+    from cnnsearch.search.sweep import run_sweep, run_worker, validate
 
     spec = sweep_spec(cfg)
     validate(spec)  # a bad value or a missing data set: one line, nothing written yet
+    worker = spec.distributed.role == Role.worker
+    if worker and spec.distributed.workers > 1:
+        return _local_workers(spec)
     tracking = tracking_spec(cfg)
     if tracking.mode == "server":  # an unreachable server fails before any data is loaded
         from cnnsearch.tracking.store import open_store
 
         open_store(tracking)
     data = load_dataset(spec.data, spec.seed)
-    observers: list = [ProgressDisplay(console)]
+    observers: list = [ProgressDisplay(console, live=False if spec.distributed.enabled
+                                       else None)]
     if tracking.enabled:
         from cnnsearch.tracking.runs import MlflowRecorder
 
         observers.append(MlflowRecorder(tracking))
     with _sigterm_as_interrupt() as interrupted:
+        if worker:
+            run_worker(spec, [*observers, interrupted], data=data)
+            return None
         result, _ = run_sweep(spec, [*observers, interrupted], data=data)
     report.print(summary_table(result))
     return result
+
+
+def _local_workers(spec) -> None:
+    """``distributed.role=worker distributed.workers=N``: N worker processes here for a
+    chief elsewhere, until they end."""
+    from cnnsearch.search.distributed import WorkerPool
+
+    pool = WorkerPool(list(spec.overrides), spec.distributed.chief, spec.distributed)
+    with _sigterm_as_interrupt():
+        pool.start()
+        try:
+            failed = [w.name for w in pool.wait()]
+        finally:
+            pool.stop()
+    if failed:
+        raise UserError(f"{len(failed)} of {spec.distributed.workers} worker processes "
+                        f"failed ({', '.join(failed)}; their last lines are above)")
 
 
 def results_command(cfg: DictConfig) -> pd.DataFrame:
@@ -160,6 +194,41 @@ def ui_command(cfg: DictConfig) -> int:
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server too, not orphan it
             server.terminate()
             return 0
+
+
+def server_command(cfg: DictConfig) -> int:
+    """``cnnsearch server``: MLflow over PostgreSQL on this host, until Ctrl-C."""
+    from cnnsearch.tracking import server
+
+    config = typed(cfg)
+    spec = config.server
+    spec.validate()
+    bin_dir = server.find_postgres(spec.postgres_bin)
+    try:
+        import psycopg2  # noqa: F401 - MLflow's PostgreSQL driver
+    except ImportError:
+        raise UserError("cnnsearch server needs psycopg2: pip install "
+                        "'cnnsearch[server]'") from None
+    server.check_port_free(spec.port, "server.port")
+    if spec.postgres_port is not None:
+        server.check_port_free(spec.postgres_port, "server.postgres_port")
+    base = Path(config.paths.root).resolve() / "server"
+    uri = f"http://{server.HOST}:{spec.port}"
+    with _sigterm_as_interrupt(), \
+            server.postgres(base, bin_dir, spec.postgres_port or server.free_port()) as pg:
+        process = server.mlflow_server(pg.store_uri, base / "artifacts", spec.port)
+        try:
+            console.print(f"MLflow tracking server: {uri}  (PostgreSQL store in {base}; "
+                          f"Ctrl-C stops)\nrecord sweeps to it: cnnsearch sweep tracking=server "
+                          f"tracking.uri={uri}", soft_wrap=True)
+            code = process.wait()
+            raise UserError(f"mlflow server exited with code {code}; see "
+                            f"{base / 'mlflow-server.log'}")
+        except KeyboardInterrupt:   # Ctrl-C or SIGTERM: both servers stop cleanly
+            log.info("stopping the MLflow server and PostgreSQL")
+            return 0
+        finally:
+            server.stop(process)
 
 
 def _experiment_page(tracking: TrackingConfig) -> str:

@@ -72,6 +72,11 @@ class Schedule(StrEnum):
     constant = "constant"
 
 
+class Role(StrEnum):
+    chief = "chief"     # hands out trials to workers (here and on other hosts)
+    worker = "worker"   # trains the trials a chief hands out
+
+
 class Pruning(StrEnum):
     median = "median"   # stop a trial worse than the median of earlier trials at its epoch
     none = "none"
@@ -251,6 +256,73 @@ class UiConfig:
 
 
 @dataclass
+class ServerConfig:
+    """``cnnsearch server``: MLflow over PostgreSQL on this host's loopback interface."""
+
+    port: int = 5001
+    postgres_port: int | None = None   # null: any free port
+    postgres_bin: str | None = None    # folder of initdb and pg_ctl (null: find them)
+
+    def validate(self) -> None:
+        for key in ("port", "postgres_port"):
+            port = getattr(self, key)
+            if port is not None and not 1 <= port <= 65535:
+                raise UserError(f"server.{key} must be between 1 and 65535, got {port}")
+
+
+@dataclass
+class DistributedConfig:
+    """Several trials at once: a chief hands out trials (keras-tuner's gRPC oracle) to
+    worker processes, on this host and on others."""
+
+    workers: int = 1   # worker processes on this host; 1 and no role: one process, as ever
+    workers_per_gpu: int = 1   # with GPUs: workers sharing one GPU (memory growth on)
+    role: Role | None = None   # null: chief + the workers here; chief | worker: see README
+    bind: str = "127.0.0.1:0"  # role=chief: where the chief listens (port 0: any free port)
+    chief: str | None = None   # role=worker: the chief's HOST:PORT
+    connect_timeout: float = 60.0   # seconds a worker waits for the chief to answer
+    trial_timeout: float | None = None   # a trial running longer is failed (lost worker)
+
+    def validate(self) -> None:
+        """Raises UserError naming the first value that cannot work."""
+        least = 0 if self.role is not None else 1
+        if self.workers < least:
+            raise UserError(f"distributed.workers must be >= {least}"
+                            + ("" if least else " (0 only with distributed.role=chief, "
+                               "for a chief whose workers run elsewhere)")
+                            + f", got {self.workers}")
+        if self.workers_per_gpu < 1:
+            raise UserError(f"distributed.workers_per_gpu must be >= 1, got "
+                            f"{self.workers_per_gpu}")
+        if self.role == Role.worker and not self.chief:
+            raise UserError("distributed.role=worker needs distributed.chief=HOST:PORT")
+        if self.connect_timeout <= 0:
+            raise UserError(f"distributed.connect_timeout must be > 0, got "
+                            f"{self.connect_timeout}")
+        if self.trial_timeout is not None and self.trial_timeout <= 0:
+            raise UserError(f"distributed.trial_timeout must be > 0 or null, got "
+                            f"{self.trial_timeout}")
+        address("distributed.bind", self.bind, any_port=True)
+        if self.chief:
+            address("distributed.chief", self.chief)
+
+    @property
+    def enabled(self) -> bool:
+        """False for the classic single-process sweep."""
+        return self.role is not None or self.workers > 1
+
+
+def address(key: str, text: str, any_port: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port); raises UserError naming ``key`` if it is not one."""
+    host, colon, port = str(text).rpartition(":")
+    least = 0 if any_port else 1
+    if not colon or not host or not port.isdigit() or not least <= int(port) <= 65535:
+        raise UserError(f"{key} must be HOST:PORT with a port from {least} to 65535, "
+                        f"got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
 class Config:
     seed: int = 0
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -264,6 +336,8 @@ class Config:
     final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 def register_configs() -> None:

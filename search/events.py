@@ -80,6 +80,9 @@ class SweepObserver:
     def candidate_skipped(self, reason: str, values: dict) -> None: ...
     def sweep_ended(self, result: SweepResult, model: Any) -> None: ...
     def sweep_failed(self, error: BaseException) -> None: ...
+    # distributed sweeps: a worker process joins; the chief loses a trial
+    def worker_started(self, info: SweepInfo) -> None: ...
+    def trial_lost(self, trial_id: str, reason: str) -> None: ...
 
 
 class Observers(SweepObserver):
@@ -114,3 +117,9 @@ class Observers(SweepObserver):
 
     def sweep_failed(self, error):
         self._send("sweep_failed", error)
+
+    def worker_started(self, info):
+        self._send("worker_started", info)
+
+    def trial_lost(self, trial_id, reason):
+        self._send("trial_lost", trial_id, reason)

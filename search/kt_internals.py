@@ -3,13 +3,18 @@
 cnnsearch needs a few things keras-tuner does not make public: a hook on each random
 draw (to skip infeasible candidates), the oracle's record of tried values, a hook on
 each execution's callbacks, the best-epoch checkpoint class, the switch that builds
-a model per hyperparameter condition, and the failure stop, which keras-tuner raises
-as a plain RuntimeError. Each is wrapped here under a public name, so an upgrade of
-keras-tuner touches this file only, and an untested version fails at once with one
-clear line instead of misbehaving in the middle of a sweep.
+a model per hyperparameter condition, the failure stop, which keras-tuner raises
+as a plain RuntimeError, and, for a distributed sweep, its gRPC oracle service, the
+oracle's running trials and its retry queue. Each is wrapped here under a public
+name, so an upgrade of keras-tuner touches this file only, and an untested version
+fails at once with one clear line instead of misbehaving in the middle of a sweep.
 """
 
 from __future__ import annotations
+
+import contextlib
+import io
+from concurrent import futures
 
 import keras_tuner as kt
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch, TunerCallback
@@ -125,3 +130,118 @@ def failure_stop_reason(error: BaseException) -> str | None:
         return None
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return f"{lines[0]} Last reason: {lines[-1].strip()}"
+
+
+# -- distributed sweeps ------------------------------------------------------------
+
+
+class OracleServer:
+    """keras-tuner's gRPC oracle service (its ``oracle_chief.start_server`` without the
+    endless loop: the chief's own loop decides when the search is over).
+
+    Raises:
+        UserError: if it cannot listen at ``host:port``.
+    """
+
+    def __init__(self, oracle, host: str, port: int) -> None:
+        import grpc
+        from keras_tuner.src import protos
+        from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+        # the chief counts consecutive failures itself: keras-tuner would raise inside a
+        # call that holds the oracle's lock, and never release it
+        oracle.max_consecutive_failed_trials = 1 << 30
+        oracle.verbose = 0   # keras-tuner's trial tables on stdout (search() sets it)
+        quiet_trial_protos()
+        self.servicer = OracleServicer(oracle)
+        # one thread, as keras-tuner's; no port sharing: a second chief must not bind
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=1),
+                                  options=[("grpc.so_reuseport", 0)])
+        protos.get_service_grpc().add_OracleServicer_to_server(self.servicer, self.server)
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            self.port = 0
+        if not self.port:
+            raise UserError(f"distributed.bind={host}:{port}: the chief cannot listen there "
+                            "(port in use, or not an address of this host)")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(grace=1).wait()
+
+
+@kt.synchronized
+def ongoing_trials(oracle) -> dict[str, str]:
+    """Tuner id -> id of the trial it runs, as the chief's oracle sees it."""
+    return {tuner: trial.trial_id for tuner, trial in oracle.ongoing_trials.items()}
+
+
+@kt.synchronized
+def give_back_trial(oracle, tuner_id: str, trial_id: str, retry: bool, message: str) -> None:
+    """Take a trial from a lost tuner: queue it for the next worker (as keras-tuner's own
+    reload does with running trials) or end it FAILED."""
+    oracle.ongoing_trials.pop(tuner_id, None)
+    oracle.tuner_ids.discard(tuner_id)
+    if retry:
+        oracle._retry_queue.append(trial_id)
+        oracle.save()
+        return
+    trial = oracle.trials[trial_id]
+    trial.status, trial.message = kt.engine.trial.TrialStatus.FAILED, message
+    oracle.end_trial(trial)
+
+
+@kt.synchronized
+def stop_new_trials(oracle) -> None:
+    """No trial starts after this one (the running ones finish)."""
+    oracle.max_trials = len(oracle.trials)
+
+
+def is_worker_oracle(oracle) -> bool:
+    """True in a worker process: its oracle is keras-tuner's gRPC client of the chief's."""
+    return type(oracle).__name__ == "OracleClient"
+
+
+def same_space(oracle) -> bool:
+    """In a worker: whether its own search space is the chief's (what a worker's tuner
+    declared locally against what the chief's oracle serves)."""
+    def described(space) -> dict:
+        return {hp.name: hp.get_config() for hp in space.space}
+
+    return described(oracle._oracle.get_space()) == described(oracle.get_space())
+
+
+def quiet_trial_protos() -> None:
+    """keras-tuner 1.4.8 prints a value each time a conditional hyperparameter is turned
+    into a protocol buffer (a debug ``print`` left in ``Parent.to_proto``): every trial
+    sent between chief and worker printed ~20 stray lines. Swallow them."""
+    from keras_tuner.src.engine.conditions import Parent
+
+    original = Parent.to_proto
+    if getattr(original, "quiet", False):
+        return
+
+    def to_proto(self):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return original(self)
+
+    to_proto.quiet = True
+    Parent.to_proto = to_proto
+
+
+def set_rpc_timeout(seconds: float) -> None:
+    """How long a worker's call to the chief may wait (keras-tuner: 60 minutes)."""
+    from keras_tuner.src.distribute import oracle_client
+
+    oracle_client.TIMEOUT = seconds
+
+
+def rpc_failure(error: BaseException) -> str | None:
+    """The status of a failed call to the chief (e.g. UNAVAILABLE), or None."""
+    import grpc
+
+    if not isinstance(error, grpc.RpcError):
+        return None
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    return code.name if code is not None else "RPC failed"

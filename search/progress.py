@@ -18,10 +18,12 @@ class ProgressDisplay(SweepObserver):
 
     Args:
         console: where to draw; a non-terminal console gets log lines instead.
+        live: force the live display on or off (a distributed chief: log lines, as its
+            workers' lines are relayed between them).
     """
 
-    def __init__(self, console: Console) -> None:
-        self.live = console.is_terminal
+    def __init__(self, console: Console, live: bool | None = None) -> None:
+        self.live = console.is_terminal if live is None else live
         self.progress = Progress(
             TextColumn("[bold]trial"), MofNCompleteColumn(), BarColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
@@ -39,6 +41,10 @@ class ProgressDisplay(SweepObserver):
         if self.progress:
             self.progress.start()
             self.task = self.progress.add_task("sweep", total=info.max_trials, status="")
+
+    def worker_started(self, info: SweepInfo) -> None:
+        self.maximize = info.maximize
+        log.info("worker: training trials of sweep %s", info.name)
 
     def trial_started(self, trial_id: str, values: dict, candidate) -> None:
         self.candidate = candidate.architecture.summary()

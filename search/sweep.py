@@ -7,10 +7,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -19,6 +20,7 @@ import numpy as np
 from cnnsearch.models.cnn import compile_model
 from cnnsearch.search.config import (
     DataConfig,
+    DistributedConfig,
     FinalFitConfig,
     Schedule,
     TrainingConfig,
@@ -28,7 +30,12 @@ from cnnsearch.search.data import Dataset, load_dataset
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import Observers, SweepInfo, SweepResult
 from cnnsearch.search.hypermodel import CNNHyperModel
-from cnnsearch.search.kt_internals import check_version, failure_stop_reason
+from cnnsearch.search.kt_internals import (
+    check_version,
+    failure_stop_reason,
+    rpc_failure,
+    same_space,
+)
 from cnnsearch.search.space import SearchSpace
 from cnnsearch.search.tuners import SweepTuner, best_metric, completed_trials, make_tuner
 
@@ -53,6 +60,8 @@ class SweepSpec:
     seed: int = 0
     final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
     config: dict = field(default_factory=dict)   # the composed config, for the records
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    overrides: tuple[str, ...] = ()   # the command line's, for the workers this host starts
 
     @property
     def space_hash(self) -> str:
@@ -68,8 +77,11 @@ class SweepSpec:
 
     @property
     def recorded_config(self) -> dict:
-        """The config keys this sweep uses: no other tuner's knobs, no export/results/ui."""
-        config = {k: v for k, v in self.config.items() if k not in ("export", "results", "ui")}
+        """The config keys this sweep uses: no other tuner's knobs, no other command's
+        keys, no distributed keys for a one-process sweep."""
+        unused = {"export", "results", "ui", "server"} | (set() if self.distributed.enabled
+                                                else {"distributed"})
+        config = {k: v for k, v in self.config.items() if k not in unused}
         if "tuner" in config:
             unused = self.tuner.unused_keys()
             config["tuner"] = {k: v for k, v in config["tuner"].items() if k not in unused}
@@ -92,7 +104,7 @@ def validate(spec: SweepSpec) -> SearchSpace:
     check_version()
     space = SearchSpace.from_config(spec.search_space)
     check_sweep_name(spec.name)
-    for group in (spec.data, spec.tuner, spec.training, spec.final_fit):
+    for group in (spec.data, spec.tuner, spec.training, spec.final_fit, spec.distributed):
         group.validate()
     if spec.tuner.name == "grid":
         for dim in space.dims.values():
@@ -159,7 +171,8 @@ def run_sweep(spec: SweepSpec, observers: list | None = None,
         # the full collection keras-tuner runs before each trial skips them (~0.2 s).
         gc.freeze()
         try:
-            result.stopped_reason = _search(tuner, data, spec.training)
+            result.stopped_reason = (_serve(tuner, spec, events) if spec.distributed.enabled
+                                     else _search(tuner, data, spec.training))
         finally:
             gc.unfreeze()
         _count(tuner, result)
@@ -239,6 +252,77 @@ def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> str |
     if tuner.out_of_time:
         return f"time budget tuner.max_seconds={tuner.max_seconds:g} reached"
     return None
+
+
+def _serve(tuner: SweepTuner, spec: SweepSpec, events: Observers) -> str | None:
+    """Hand the trials out to workers (this host's and others'); returns why it stopped
+    early, or None."""
+    from cnnsearch.search.distributed import Chief, WorkerPool
+
+    deadline = None if spec.tuner.max_seconds is None else time.time() + spec.tuner.max_seconds
+    chief = Chief(tuner.oracle, spec.distributed, spec.tuner.max_consecutive_failed_trials,
+                  deadline=deadline, lost=events.trial_lost)
+    tuner.save()
+    address = chief.start()
+    pool = WorkerPool(list(spec.overrides), address, spec.distributed,
+                      deadline=deadline) if spec.distributed.workers else None
+    if pool is not None:
+        pool.start()
+    try:
+        reason = chief.serve(pool)
+    finally:
+        if pool is not None:
+            pool.stop()
+    if reason == "time budget reached":
+        return f"time budget tuner.max_seconds={spec.tuner.max_seconds:g} reached"
+    return reason
+
+
+def run_worker(spec: SweepSpec, observers: list | None = None,
+               data: Dataset | None = None) -> None:
+    """Train the trials the chief at ``spec.distributed.chief`` hands out, until it has
+    none left (``distributed.role=worker``).
+
+    Raises:
+        UserError: bad configuration, no chief answering, or a search space that
+            differs from the chief's.
+    """
+    from cnnsearch.search.distributed import DEADLINE_ENV, connect, follow_parent
+
+    follow_parent()
+    space = validate(spec)
+    events = Observers(observers or [])
+    if data is None:
+        data = load_dataset(spec.data, spec.seed)
+    connect(spec.distributed.chief, spec.distributed.connect_timeout)
+    tuner_spec = spec.tuner
+    if os.environ.get(DEADLINE_ENV):   # started by a chief on this host: its budget
+        left = max(1.0, float(os.environ[DEADLINE_ENV]) - time.time())
+        tuner_spec = replace(spec.tuner, max_seconds=left)
+    spec.directory.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(spec.seed)
+    if spec.training.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    hypermodel = CNNHyperModel(space, data.input_shape, data.num_classes, spec.training)
+    tuner = make_tuner(tuner_spec, hypermodel, events, directory=str(spec.directory),
+                       project_name="tuner", overwrite=False, seed=spec.seed)
+    if not same_space(tuner.oracle):
+        raise UserError(f"this worker's search space differs from the chief's at "
+                        f"{spec.distributed.chief}: start every worker with the chief's "
+                        "search_space and data")
+    events.worker_started(SweepInfo(
+        name=spec.sweep_name, directory=str(spec.directory), config=spec.config,
+        space_hash=spec.space_hash, max_trials=None, resumed=False,
+        objective=spec.tuner.objective, maximize=spec.tuner.objective_direction == "max"))
+    try:
+        _search(tuner, data, spec.training)
+    except BaseException as error:
+        events.sweep_failed(error)
+        failure = rpc_failure(error)
+        if failure is not None:
+            raise UserError(f"lost the chief at distributed.chief={spec.distributed.chief} "
+                            f"({failure}); the trials it completed are kept there") from None
+        raise
 
 
 def _count(tuner: SweepTuner, result: SweepResult) -> None:

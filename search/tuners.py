@@ -29,6 +29,7 @@ from cnnsearch.search.kt_internals import (
     TunerHooks,
     is_best_epoch_checkpoint,
     is_tuner_callback,
+    is_worker_oracle,
 )
 from cnnsearch.search.oracles import make_oracle
 from cnnsearch.search.stopping import PruningRule, StopRules
@@ -118,14 +119,20 @@ class SweepTuner(TunerHooks, kt.Tuner):
         objective = self.oracle.objective
 
         def others() -> list[list[tuple[int, float]]]:
-            return [self._history(t.trial_id) for t in self.oracle.trials.values()
-                    if t.trial_id != trial_id and t.status == TrialStatus.COMPLETED]
+            return [self._history(other) for other in self._completed_ids()
+                    if other != trial_id]
 
         return StopRules(trial_id, objective.name, objective.direction == "max", self.deadline,
                          self.pruning, others)
 
+    def _completed_ids(self) -> list[str]:
+        """Completed trials, from their per-epoch files (a worker's oracle cannot list them;
+        the workers of one host share the folder)."""
+        return [path.parent.name.removeprefix("trial_")
+                for path in Path(self.project_dir).glob(f"trial_*/{HISTORY_FILE}")]
+
     def _history(self, trial_id: str) -> list[tuple[int, float]]:
-        """A finished trial's objective per epoch (keras-tuner keeps only its best epoch).
+        """A completed trial's objective per epoch (keras-tuner keeps only its best epoch).
 
         Kept beside keras-tuner's trial.json, so a resumed sweep still has them.
         """
@@ -154,17 +161,21 @@ class SweepTuner(TunerHooks, kt.Tuner):
         try:
             super().on_trial_end(trial)
         finally:
+            if is_worker_oracle(self.oracle):   # the score and metrics live in the chief
+                trial = self.oracle.get_trial(trial.trial_id)
             self.observers.trial_ended(self._outcome(trial))
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.out_of_time = True
-            self.oracle.max_trials = len(self.oracle.trials)  # no new trial starts
+            if not is_worker_oracle(self.oracle):   # a chief stops its workers itself
+                self.oracle.max_trials = len(self.oracle.trials)  # no new trial starts
 
     def _outcome(self, trial) -> TrialOutcome:
         seconds = time.perf_counter() - self._started.pop(trial.trial_id, time.perf_counter())
         reporter = self._reporters.pop(trial.trial_id, None)
         stops = self._stops.pop(trial.trial_id, None)
         self._checkpoints.pop(trial.trial_id, None)
-        if stops is not None:
+        completed = trial.status == TrialStatus.COMPLETED
+        if stops is not None and completed:
             self._histories[trial.trial_id] = stops.history
             path = Path(self.get_trial_dir(trial.trial_id)) / HISTORY_FILE
             path.write_text(json.dumps(stops.history))
@@ -173,7 +184,6 @@ class SweepTuner(TunerHooks, kt.Tuner):
         # steady state: from the end of the first epoch (tracing, warm-up) to the last
         steady = (self._train_images * (epochs - 1) / (ends[-1] - ends[0]) if epochs > 1
                   else self._train_images * epochs / seconds if seconds else 0.0)
-        completed = trial.status == TrialStatus.COMPLETED
         reason = None if completed else _last_line(trial.message)
         return TrialOutcome(
             trial_id=trial.trial_id,

@@ -126,6 +126,15 @@ def test_profile_tiny(tmp_path):
 
 
 @pytest.mark.slow
+def test_scaling_tiny(tmp_path):
+    payload = run_tiny("scaling", tmp_path)
+    one, two = payload["summary"]["workers1"], payload["summary"]["workers2"]
+    assert one["n_trials"] == two["n_trials"] == 2
+    assert one["speedup"] == 1.0 and finite(two["speedup"], two["efficiency"])
+    assert two["efficiency"] == pytest.approx(two["speedup"] / 2)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="apt-get install dataset-fashion-mnist (.ci/run installs it)")
 def test_fashion_tiny(tmp_path):
@@ -138,7 +147,8 @@ def test_fashion_tiny(tmp_path):
 
 
 def test_every_benchmark_has_a_test():
-    tested = {"fashion", "overhead", "throughput", "quality", "memory", "costs", "profile"}
+    tested = {"fashion", "overhead", "throughput", "quality", "memory", "costs", "profile",
+              "scaling"}
     assert set(NAMES) == tested
 
 

@@ -33,6 +33,7 @@ from cnnsearch.tracking.store import (
     TAG_REASON,
     TAG_ROLE,
     TAG_STATUS,
+    TrackingError,
     experiment_id,
     open_store,
     process_tags,
@@ -66,6 +67,7 @@ class MlflowRecorder:
         self.candidates: dict[str, Any] = {}
         self.skipped = 0
         self.objective = "val_accuracy"
+        self.owns_parent = True   # False in a distributed sweep's worker
 
     # -- sweep -----------------------------------------------------------------
 
@@ -129,9 +131,34 @@ class MlflowRecorder:
         status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
         for trial_id in list(self.children):
             self._end_child(trial_id, status, f"sweep stopped: {type(error).__name__}")
-        if self.parent_id is not None:
+        if self.parent_id is not None and self.owns_parent:
             self.client.set_tag(self.parent_id, TAG_REASON, _one_line(error))
             self.client.set_terminated(self.parent_id, status)
+
+    # -- distributed sweeps ----------------------------------------------------
+
+    def worker_started(self, info) -> None:
+        """A worker's trials join the chief's parent run."""
+        self.objective, self.owns_parent = info.objective, False
+        parent = self._find_parent(info.name, info.space_hash)
+        if parent is None or parent.info.status != "RUNNING":
+            raise TrackingError(
+                f"no running sweep {info.name!r} with this worker's search space and data "
+                f"in {self.spec.display_uri}: start workers with the chief's config and a "
+                "tracking store both reach (tracking=server tracking.uri=...)")
+        self.parent_id = parent.info.run_id
+        log.info("MLflow: trials join parent run %s", self.parent_id)
+
+    def trial_lost(self, trial_id: str, reason: str) -> None:
+        """The chief lost a trial's worker: its open run ends KILLED."""
+        for run in self.client.search_runs(
+                [self.experiment_id],
+                filter_string=(f"tags.mlflow.parentRunId = '{self.parent_id}' and "
+                               f"tags.`{TAG_TRIAL}` = '{trial_id}' and "
+                               "attributes.status = 'RUNNING'")):
+            self.client.log_batch(run.info.run_id, tags=_tags({
+                TAG_STATUS: "killed", TAG_REASON: f"worker lost: {reason}"}))
+            self.client.set_terminated(run.info.run_id, "KILLED")
 
     # -- trials ----------------------------------------------------------------
 

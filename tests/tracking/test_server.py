@@ -1,19 +1,16 @@
-"""``tracking=server`` end to end: a real MLflow tracking server over a real PostgreSQL.
+"""``cnnsearch server`` and ``tracking=server`` end to end: the MLflow tracking server
+that ``cnnsearch server`` starts over a real PostgreSQL (initdb under paths.root,
+loopback only), clients that only know ``http://host:port``, and a clean stop.
 
-A team deployment of the server: ``mlflow server`` with a PostgreSQL
-backend store, artifacts proxied by the server (``--artifacts-destination``), clients
-that only know ``http://host:port``. PostgreSQL runs from a throw-away data folder on
-a free port (as the ``postgres`` user when the tests run as root: it refuses root);
-without its server binaries the module is skipped (CI installs them, see .ci/run).
+Without PostgreSQL's server binaries the module is skipped (CI installs them, see
+.ci/run). When the tests run as root, PostgreSQL runs as the ``postgres`` user, so the
+output root is a world-readable temporary folder, not pytest's private tmp_path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
-import pwd
-import shlex
 import shutil
 import signal
 import socket
@@ -21,8 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,34 +32,14 @@ REGISTERED_MODEL = "cnnsearch-digits"
 EPOCHS = 2
 # Start-up (imports, schema migrations of the empty database) took 35-60 s on a busy
 # 2-core machine.
-SERVER_START_TIMEOUT = 180
+SERVER_START_TIMEOUT = 240
 # Lines TensorFlow's C++ runtime writes to stderr before Python can silence it.
 TF_NOISE = ("I0000 ", "E0000 ", "W0000 ", "WARNING: All log messages",
             "To enable the following")
 
-
-# -- PostgreSQL --------------------------------------------------------------------------
-
-
-def _pg_bin_dir() -> Path | None:
-    """The folder of initdb / pg_ctl: the newest /usr/lib/postgresql/<v>/bin, else PATH."""
-    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
-    found.sort(key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    if initdb and shutil.which("pg_ctl", path=str(Path(initdb).resolve().parent)):
-        return Path(initdb).resolve().parent
-    return None
-
-
-def _as_pg_user(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run the command as the postgres user."""
-    if os.geteuid() != 0:
-        return command
-    if shutil.which("runuser"):
-        return ["runuser", "-u", PG_USER, "--", *command]
-    return ["su", PG_USER, "-s", "/bin/sh", "-c", shlex.join(command)]
+if not (glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb")):
+    pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: "
+                "apt-get install postgresql", allow_module_level=True)
 
 
 def _free_port() -> int:
@@ -73,24 +48,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(command: list[str], what: str, timeout: float = 120) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed ({done.returncode}): {shlex.join(command)}\n"
-                           f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass(frozen=True)
 class Postgres:
     port: int
-
-    def dsn(self, database: str = "postgres") -> str:
-        """libpq form, for psycopg2 itself."""
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
-
-    def sqlalchemy_uri(self, database: str = "mlflow") -> str:
-        """For ``mlflow server``: SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3."""
-        return f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{self.port}/{database}"
 
     def query(self, sql: str, database: str = "mlflow") -> list[tuple]:
         import psycopg2
@@ -105,134 +70,80 @@ class Postgres:
             connection.close()
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    """A PostgreSQL server on a free port with an empty ``mlflow`` database."""
-    psycopg2 = pytest.importorskip("psycopg2", reason="pip install psycopg2-binary")
-    bin_dir = _pg_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: "
-                    "apt-get install postgresql")
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam(PG_USER)
-        except KeyError:
-            pytest.skip(f"running as root and there is no {PG_USER!r} user to run PostgreSQL")
-    # Not under pytest's tmp_path: its root folder is private to the test user.
-    base = Path(tempfile.mkdtemp(prefix="cnnsearch-pg-"))
-    if os.geteuid() == 0:
-        os.chown(base, user.pw_uid, user.pw_gid)
-    data, sockets, logfile = base / "data", base / "sockets", base / "postgres.log"
-    port = _free_port()
-    started = False
-    try:
-        _run(_as_pg_user(["mkdir", str(sockets)]), "mkdir")
-        _run(_as_pg_user([str(bin_dir / "initdb"), "-D", str(data), "--auth=trust",
-                          f"--username={PG_USER}", "--encoding=UTF8", "--no-locale"]), "initdb")
-        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} "
-                   "-c fsync=off -c full_page_writes=off")
-        started = True
-        try:
-            _run(_as_pg_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(logfile),
-                              "-w", "-t", "60", "-o", options, "start"]), "pg_ctl start")
-        except RuntimeError as error:
-            log = logfile.read_text(errors="replace")[-3000:] if logfile.exists() else ""
-            raise RuntimeError(f"{error}\n{log}") from None
-        server = Postgres(port)
-        connection = psycopg2.connect(server.dsn(), connect_timeout=10)
-        try:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute("CREATE DATABASE mlflow")
-        finally:
-            connection.close()
-        yield server
-    finally:
-        if started:
-            with contextlib.suppress(Exception):
-                _run(_as_pg_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                                  "-w", "-t", "60", "stop"]), "pg_ctl stop")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-# -- MLflow server -----------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class MlflowServer:
-    uri: str
+    port: int
     artifacts: Path
+    postgres: Postgres
+    base: Path   # paths.root of the server
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
-def _healthy(uri: str) -> bool:
+def _start_server(base: Path, port: int, pg_port: int) -> tuple[subprocess.Popen, Path]:
+    log = base / "cnnsearch-server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [*_command(), "server", f"paths.root={base}", f"server.port={port}",
+             f"server.postgres_port={pg_port}"], stdout=out, stderr=subprocess.STDOUT,
+            env=_env(), start_new_session=True)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while "MLflow tracking server:" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"cnnsearch server did not start:\n{log.read_text()[-5000:]}")
+        time.sleep(0.5)
+    return process, log
+
+
+def _stop_server(process: subprocess.Popen, log: Path) -> None:
+    """SIGTERM, as a service manager stops it: it must stop both servers and exit 0."""
+    process.send_signal(signal.SIGTERM)
     try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (uvicorn and its workers), SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        code = process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"cnnsearch server did not stop:\n{log.read_text()[-3000:]}")
+    assert code == 0, log.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(postgres: Postgres, tmp_path_factory) -> Iterator[MlflowServer]:
-    """``mlflow server`` over PostgreSQL, proxying artifact uploads into a local folder.
-
-    ``--artifacts-destination`` (with the default ``--serve-artifacts``) makes new
-    experiments' artifact root ``mlflow-artifacts:/``: clients upload over HTTP and
-    never touch the folder themselves, as with a remote server.
-    """
-    base = tmp_path_factory.mktemp("mlflow-server")
-    artifacts, log_path = base / "artifacts", base / "server.log"
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", postgres.sqlalchemy_uri(),
-               "--artifacts-destination", str(artifacts),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    # MLflow 3's job runner (7 huey consumers, for GenAI jobs cnnsearch never submits)
-    # would double the processes and the start-up time.
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   cwd=base, start_new_session=True)
+def mlflow_server() -> Iterator[MlflowServer]:
+    """``cnnsearch server`` on free ports, its output root a fresh world-readable folder."""
+    base = Path(tempfile.mkdtemp(prefix="cnnsearch-server-"))
+    base.chmod(0o755)
+    port, pg_port = _free_port(), _free_port()
+    process, log = _start_server(base, port, pg_port)
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while not _healthy(uri):
-            if process.poll() is not None or time.monotonic() > deadline:
-                state = (f"exited {process.returncode}" if process.poll() is not None
-                         else f"no healthy answer in {SERVER_START_TIMEOUT} s")
-                raise RuntimeError(f"mlflow server {state}:\n"
-                                   f"{log_path.read_text(errors='replace')[-5000:]}")
-            time.sleep(0.5)
-        yield MlflowServer(uri, artifacts)
+        yield MlflowServer(port, base / "server" / "artifacts", Postgres(pg_port), base,
+                           process, log)
     finally:
-        _stop(process)
+        if process.poll() is None:
+            _stop_server(process, log)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- the CLI -----------------------------------------------------------------------------
 
 
-def _cnnsearch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _command() -> list[str]:
     script = Path(sys.executable).with_name("cnnsearch")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "cnnsearch"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cnnsearch"]
+
+
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k != "HYDRA_FULL_ERROR" and not k.startswith("MLFLOW_")}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", NO_COLOR="1", COLUMNS="200")
-    return subprocess.run([*command, *args], capture_output=True, text=True, env=env,
+    return env
+
+
+def _cnnsearch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*_command(), *args], capture_output=True, text=True, env=_env(),
                           timeout=timeout, check=False)
 
 
@@ -261,8 +172,9 @@ def _client(uri: str):
 # -- tests -------------------------------------------------------------------------------
 
 
-def test_sweep_records_runs_model_and_artifacts_through_the_server(swept, postgres):
+def test_sweep_records_runs_model_and_artifacts_through_the_server(swept):
     server, root = swept
+    postgres = server.postgres
     client = _client(server.uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment is not None
@@ -339,3 +251,38 @@ def test_unreachable_server_fails_fast_in_one_line(tmp_path):
     # Nearly all of it is importing TensorFlow (20-23 s on a busy 2-core machine); a
     # retrying client or a sweep that loads data and trains first would take far longer.
     assert seconds < 60, f"took {seconds:.1f} s"
+
+
+def test_the_server_stops_cleanly_and_restarts_on_its_records(swept):
+    server, _ = swept
+    # the module's server is stopped here (its teardown then has nothing to stop)
+    _stop_server(server.process, server.log)
+    assert not _listening(server.postgres.port) and not _listening(server.port)
+    assert not (server.base / "server" / "postgres" / "postmaster.pid").exists()
+
+    port = _free_port()
+    again, log = _start_server(server.base, port, server.postgres.port)
+    try:
+        client = _client(f"http://127.0.0.1:{port}")
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        assert experiment is not None and client.search_runs([experiment.experiment_id])
+    finally:
+        _stop_server(again, log)
+
+
+def test_postgres_missing_or_a_port_in_use_fail_in_one_line(tmp_path):
+    done = _cnnsearch("server", f"paths.root={tmp_path}", "server.postgres_bin=/nonexistent",
+                      timeout=120)
+    assert done.returncode == 2
+    (line,) = _error_lines(done.stderr)
+    assert "PostgreSQL is not installed" in line and "/nonexistent" in line
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _cnnsearch("server", f"paths.root={tmp_path}", f"server.port={port}",
+                          timeout=120)
+    assert done.returncode == 2
+    (line,) = _error_lines(done.stderr)
+    assert f"server.port={port}" in line and "in use" in line
+    assert not (tmp_path / "server").exists()

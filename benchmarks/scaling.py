@@ -1,0 +1,108 @@
+"""Scaling: the same sweep with 1 and with N worker processes on this host.
+
+Each run is the whole ``cnnsearch sweep`` command in a fresh process, timed from its
+start to its exit (imports, data, search, final fit, MLflow records and model): an
+8-trial digits sweep (``search_space=small``, a fixed number of epochs: no early
+stopping, no pruning, so every variant trains the same 8 candidates for the same
+epochs) with ``distributed.workers=1`` (the one-process sweep) and ``=2`` (a chief
+and 2 workers, one CPU thread each on 2 cores). Variants alternate, ``--repeats``
+times. Reported: the median wall time, trials per hour, the speed-up over 1 worker and
+the scaling efficiency (speed-up / workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import common
+from benchmarks.common import REPO, Table, fmt, median, verdict
+
+NAME = "scaling"
+TARGET = 1.6   # 2 workers vs 1, whole process, on this 2-core machine
+
+
+def sweep(params: dict) -> dict:
+    """One whole ``cnnsearch sweep`` with ``params['workers']`` workers (worker)."""
+    root = Path(params["workdir"]) / "root"
+    command = [sys.executable, "-m", "cnnsearch", "sweep", "search_space=small",
+               f"tuner.max_trials={params['trials']}", f"training.epochs={params['epochs']}",
+               "training.early_stopping_patience=null", "training.reduce_lr_patience=null",
+               "tuner.pruning=none", f"data.limit={params['limit']}", f"seed={params['seed']}",
+               f"distributed.workers={params['workers']}", f"paths.root={root}"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    trials = sum(1 for _ in (root / "sweeps").glob("*/tuner/trial_*/trial.json"))
+    return {"seconds": seconds, "n_trials": trials,
+            "trials_per_hour": 3600 * trials / seconds}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(NAME, __doc__)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--limit", type=int, default=None, help="training images (all: null)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def measure(args: argparse.Namespace, out: Path) -> dict:
+    if args.tiny:
+        args.trials, args.epochs, args.repeats, args.limit = 2, 1, 1, 200
+    variants = [f"workers{n}" for n in args.workers]
+    base = {"trials": args.trials, "epochs": args.epochs, "seed": args.seed,
+            "limit": "null" if args.limit is None else args.limit}
+    runs = common.run_interleaved(
+        NAME, variants, args.repeats,
+        lambda variant, repeat: {**base, "workers": int(variant.removeprefix("workers"))},
+        out)
+    return {"params": {**base, "workers": args.workers, "repeats": args.repeats},
+            "runs": runs, "summary": summarise(runs)}
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    summary = {variant: {"seconds": median(r["seconds"] for r in results),
+                         "trials_per_hour": median(r["trials_per_hour"] for r in results),
+                         "n_trials": median(r["n_trials"] for r in results)}
+               for variant, results in runs.items()}
+    one = summary.get("workers1", {}).get("seconds")
+    for variant, s in summary.items():
+        workers = int(variant.removeprefix("workers"))
+        s["speedup"] = one / s["seconds"] if one and s["seconds"] else None
+        s["efficiency"] = s["speedup"] / workers if s["speedup"] else None
+    return summary
+
+
+def tables(payload: dict) -> list[Table]:
+    p, summary = payload["params"], payload["summary"]
+    rows = []
+    for variant, s in summary.items():
+        workers = int(variant.removeprefix("workers"))
+        target = TARGET if workers == 2 else None
+        rows.append([str(workers), fmt(s["n_trials"], 0), fmt(s["seconds"], 1),
+                     fmt(s["trials_per_hour"], 0), fmt(s["speedup"], 2),
+                     fmt(s["efficiency"], 2), f">= {target}" if target else "",
+                     verdict(s["speedup"], target, at_most=False) if target else ""])
+    title = (f"scaling: whole `cnnsearch sweep`, {p['trials']} digits trials x {p['epochs']} "
+             f"epochs, median of {p['repeats']} interleaved runs")
+    return [(title, ["workers", "trials", "wall s", "trials/hour", "speed-up",
+                     "efficiency", "target", "met"], rows)]
+
+
+WORKERS = {f"workers{n}": sweep for n in range(1, 17)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.entry(NAME, argv, build_parser(), WORKERS, measure, tables)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,318 @@
+"""Several trials at once: a chief serves the oracle, worker processes train the trials.
+
+The engine is keras-tuner's distributed mode: the chief serves its oracle over gRPC
+(keras-tuner's ``OracleServicer``) and each worker's tuner asks it for trials through
+keras-tuner's ``OracleClient`` (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``,
+``KERASTUNER_ORACLE_PORT``). This module adds what its users report missing: the
+chief's loop watches its workers, so a worker that dies (or, on another host, a trial
+that outlives ``distributed.trial_timeout``) hands its trial to another worker once,
+then fails it, instead of stalling the chief (keras-tuner #915); a worker gives up
+with one line when no chief answers within ``distributed.connect_timeout`` (#990);
+the budget and the consecutive-failure stop hold for the whole sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cnnsearch.search.config import DistributedConfig, address
+from cnnsearch.search.errors import UserError
+from cnnsearch.search.kt_internals import (
+    OracleServer,
+    give_back_trial,
+    ongoing_trials,
+    quiet_trial_protos,
+    set_rpc_timeout,
+    stop_new_trials,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+DEADLINE_ENV = "CNNSEARCH_DEADLINE"   # the chief's budget end (Unix time) for its workers
+PARENT_ENV = "CNNSEARCH_PARENT_PID"   # the process that started a local worker
+STOP_GRACE_SECONDS = 30.0
+# TensorFlow's C++ start-up chatter (info level, before Python can silence it): not relayed
+TF_INFO = ("I0000 ", "WARNING: All log messages before absl", "To enable the following")
+
+
+# -- where each worker runs ---------------------------------------------------------
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this host lets us use (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu for gpu in listed.split(",") if gpu.strip() not in ("", "-1")]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    return [str(i) for i, line in enumerate(out.stdout.splitlines())
+            if line.startswith("GPU ")]
+
+
+def worker_env(index: int, workers: int, gpus: list[str], workers_per_gpu: int,
+               cores: int) -> dict[str, str]:
+    """Environment of local worker ``index`` of ``workers``: its share of the CPU threads
+    and, when there are GPUs, its GPU (``workers_per_gpu`` share one, memory growth on)."""
+    threads = str(max(1, cores // workers))
+    env = {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1",
+           "OMP_NUM_THREADS": threads}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[(index // workers_per_gpu) % len(gpus)]
+        env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"   # jax: allocate as needed
+    return env
+
+
+def worker_id() -> str:
+    """This worker's keras-tuner tuner id: unique across hosts, never ``chief``."""
+    return f"worker-{socket.gethostname()}-{os.getpid()}"
+
+
+def connect(chief: str, timeout: float) -> None:
+    """Point keras-tuner at the chief, after checking it answers.
+
+    Raises:
+        UserError: if no chief answers at ``chief`` within ``timeout`` seconds.
+    """
+    import grpc
+
+    host, port = address("distributed.chief", chief)
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise UserError(f"no cnnsearch chief answered at distributed.chief={chief} within "
+                        f"{timeout:g} s (distributed.connect_timeout): start the chief "
+                        "first, or check the host, port and firewall") from None
+    finally:
+        channel.close()
+    set_rpc_timeout(timeout)
+    quiet_trial_protos()
+    os.environ.update({"KERASTUNER_TUNER_ID": worker_id(), "KERASTUNER_ORACLE_IP": host,
+                       "KERASTUNER_ORACLE_PORT": str(port)})
+
+
+def follow_parent() -> None:
+    """In a worker started by a process of this host: end (SIGTERM) when that process
+    ends, however it ends (Linux's parent-death signal)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):   # it ended before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# -- the local workers --------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    name: str
+    process: subprocess.Popen
+    relay: threading.Thread
+    reported: bool = False   # its end has been handled
+
+
+@dataclass
+class WorkerPool:
+    """The worker processes of this host: the same ``cnnsearch sweep`` command as a worker.
+
+    Each worker's output is relayed line by line, prefixed with its name, through
+    ``echo``; each ends with this process (:func:`follow_parent`).
+    """
+
+    overrides: list[str]
+    chief: str
+    spec: DistributedConfig
+    deadline: float | None = None   # Unix time
+    echo: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    workers: list[Worker] = field(default_factory=list)
+
+    def start(self) -> None:
+        gpus, cores = visible_gpus(), len(os.sched_getaffinity(0))
+        kept = [arg for arg in self.overrides
+                if not arg.lstrip("~+").startswith("distributed.")]
+        command = [sys.executable, "-m", "cnnsearch", "sweep", *kept,
+                   "distributed.role=worker", f"distributed.chief={self.chief}",
+                   "distributed.workers=1"]
+        for index in range(self.spec.workers):
+            env = {**os.environ, **worker_env(index, self.spec.workers, gpus,
+                                              self.spec.workers_per_gpu, cores),
+                   PARENT_ENV: str(os.getpid())}
+            if self.deadline is not None:
+                env[DEADLINE_ENV] = repr(self.deadline)
+            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+            name = f"worker {index + 1}"
+            relay = threading.Thread(target=self._relay, args=(name, process), daemon=True)
+            relay.start()
+            self.workers.append(Worker(name, process, relay))
+        log.info("started %d worker process(es) for chief %s", self.spec.workers, self.chief)
+
+    def _relay(self, name: str, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            if not line.startswith(TF_INFO):
+                self.echo(f"[{name}] {line.rstrip()}")
+
+    def ended(self) -> list[Worker]:
+        """Workers that ended since the last call."""
+        done = [w for w in self.workers if not w.reported and w.process.poll() is not None]
+        for worker in done:
+            worker.reported = True
+            worker.relay.join(timeout=5)
+        return done
+
+    def wait(self) -> list[Worker]:
+        """Wait for every worker to end; returns those that failed."""
+        for worker in self.workers:
+            worker.process.wait()
+        self.ended()
+        return [w for w in self.workers if w.process.returncode != 0]
+
+    @property
+    def running(self) -> bool:
+        return any(w.process.poll() is None for w in self.workers)
+
+    def stop(self) -> None:
+        """SIGTERM every worker still running (each closes its runs KILLED), then wait."""
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for worker in self.workers:
+            try:
+                worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+
+
+# -- the chief ----------------------------------------------------------------------
+
+
+@dataclass
+class Chief:
+    """Serves the sweep's oracle to its workers until the search is over.
+
+    Args:
+        oracle: the sweep's keras-tuner oracle (this process's).
+        spec: the distributed config.
+        max_failures: consecutive failed trials that stop the search.
+        deadline: Unix time after which no trial starts, or None.
+        lost: called with (trial id, why) for each trial whose worker was lost.
+    """
+
+    oracle: object
+    spec: DistributedConfig
+    max_failures: int
+    deadline: float | None = None
+    lost: Callable[[str, str], None] = lambda trial_id, why: None
+    server: OracleServer | None = None
+    stopped_reason: str | None = None
+    _seen: dict[str, float] = field(default_factory=dict)   # trial id -> first seen running
+    _requeued: set[str] = field(default_factory=set)
+
+    def start(self) -> str:
+        """Listen on ``distributed.bind``; returns the HOST:PORT workers should use."""
+        host, port = address("distributed.bind", self.spec.bind, any_port=True)
+        self.server = OracleServer(self.oracle, host, port)
+        public = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        log.info("chief serving trials at %s:%d", public, self.server.port)
+        return f"{public}:{self.server.port}"
+
+    def serve(self, pool: WorkerPool | None) -> str | None:
+        """Run until every trial is handed out and ended; returns why it stopped early.
+
+        Raises:
+            UserError: if every local worker ended while trials were left to run and no
+                other worker can come (no ``distributed.role=chief``).
+        """
+        try:
+            while not self._finished(pool):
+                self._check_workers(pool)
+                self._check_timeouts()
+                self._check_stops()
+                time.sleep(POLL_SECONDS)
+            return self.stopped_reason
+        finally:
+            self.server.stop()
+
+    def _finished(self, pool: WorkerPool | None) -> bool:
+        if self.server.servicer.stop_triggered and not ongoing_trials(self.oracle) \
+                and not self.oracle.tuner_ids:
+            return True
+        if pool is not None and not pool.running and self.spec.role is None:
+            self._check_workers(pool)
+            if ongoing_trials(self.oracle) or not self.server.servicer.stop_triggered:
+                raise UserError("every worker process ended before the search was over "
+                                "(their last lines are above)")
+            return True
+        return False
+
+    def _check_workers(self, pool: WorkerPool | None) -> None:
+        for worker in pool.ended() if pool else []:
+            code = worker.process.returncode
+            if code != 0:
+                log.warning("%s ended with exit code %s", worker.name, code)
+            tuner = f"pid {worker.process.pid}"
+            for tuner_id, trial_id in ongoing_trials(self.oracle).items():
+                if tuner_id.endswith(f"-{worker.process.pid}"):
+                    self._lose(tuner_id, trial_id, f"its {worker.name} ({tuner}) ended "
+                                                   f"with exit code {code}")
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        running = ongoing_trials(self.oracle)
+        self._seen = {t: self._seen.get(t, now) for t in running.values()}
+        if self.spec.trial_timeout is None:
+            return
+        for tuner_id, trial_id in running.items():
+            if now - self._seen[trial_id] > self.spec.trial_timeout:
+                self._lose(tuner_id, trial_id, f"no result within distributed.trial_timeout="
+                                               f"{self.spec.trial_timeout:g} s")
+
+    def _lose(self, tuner_id: str, trial_id: str, why: str) -> None:
+        again = trial_id not in self._requeued
+        self._requeued.add(trial_id)
+        give_back_trial(self.oracle, tuner_id, trial_id, retry=again, message=why)
+        self._seen.pop(trial_id, None)
+        log.warning("trial %s lost: %s; %s", trial_id, why,
+                    "handed to another worker" if again else "failed (lost twice)")
+        self.lost(trial_id, why)
+
+    def _check_stops(self) -> None:
+        if self.stopped_reason is not None:
+            return
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.stopped_reason = "time budget reached"
+        failures = _consecutive_failures(self.oracle)
+        if failures >= self.max_failures:
+            self.stopped_reason = (f"{failures} consecutive failed trials "
+                                   "(tuner.max_consecutive_failed_trials)")
+        if self.stopped_reason is not None:
+            stop_new_trials(self.oracle)
+
+
+def _consecutive_failures(oracle) -> int:
+    count = 0
+    for trial_id in reversed(oracle.end_order):
+        if oracle.trials[trial_id].status != "FAILED":
+            break
+        count += 1
+    return count

@@ -1,0 +1,198 @@
+"""Several trials at once (issue 11): a chief and worker processes on one host.
+
+Unit tests of the pieces (thread split, GPU shares, addresses, the config's checks),
+and slow tests that run the real console script: 2 workers finish a 6-trial sweep
+into one parent run; a worker SIGKILLed mid-trial hands its trial to the other; a
+worker with another search space or no chief to talk to fails in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cnnsearch.search.config import DistributedConfig, Role, address
+from cnnsearch.search.distributed import worker_env
+from cnnsearch.search.errors import UserError
+from tests.conftest import error_lines
+from tests.tracking.conftest import open_experiment, run_cli, start_cli, wait_for_text
+
+SWEEP = ["sweep", "experiment=quick", "tuner.max_trials=6", "sweep.name=two"]
+SHORT = ["training.epochs=3", "data.limit=300"]
+
+
+def test_workers_split_the_cpu_threads():
+    assert worker_env(0, 2, [], 1, cores=2)["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert worker_env(0, 1, [], 1, cores=16)["TF_NUM_INTRAOP_THREADS"] == "16"
+    assert worker_env(3, 4, [], 1, cores=16)["OMP_NUM_THREADS"] == "4"
+    assert worker_env(0, 8, [], 1, cores=2)["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, 2, [], 1, cores=2)
+
+
+def test_workers_get_a_gpu_or_a_share_of_one():
+    gpus = ["0", "1"]
+    assert [worker_env(i, 2, gpus, 1, 16)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == gpus
+    shared = [worker_env(i, 4, gpus, 2, 16)["CUDA_VISIBLE_DEVICES"] for i in range(4)]
+    assert shared == ["0", "0", "1", "1"]
+    env = worker_env(0, 4, gpus, 2, 16)
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:5001", ("127.0.0.1", 5001)), ("node-3.cluster:80", ("node-3.cluster", 80)),
+    ("[::1]:7000", ("::1", 7000))])
+def test_addresses_parse(text, expected):
+    assert address("distributed.chief", text) == expected
+
+
+@pytest.mark.parametrize("text", ["myhost", ":5000", "host:", "host:0", "host:70000",
+                                  "host:port"])
+def test_bad_addresses_name_the_key(text):
+    with pytest.raises(UserError, match=r"distributed\.chief must be HOST:PORT"):
+        address("distributed.chief", text)
+
+
+def test_the_config_checks_its_values():
+    assert not DistributedConfig().enabled
+    assert DistributedConfig(workers=2).enabled and DistributedConfig(role=Role.chief).enabled
+    DistributedConfig(role=Role.chief, workers=0).validate()   # workers elsewhere
+    for bad, match in [({"workers": 0}, r"distributed\.workers must be >= 1"),
+                       ({"role": Role.worker}, r"needs distributed\.chief"),
+                       ({"workers_per_gpu": 0}, r"workers_per_gpu must be >= 1"),
+                       ({"trial_timeout": -1.0}, r"trial_timeout must be > 0"),
+                       ({"connect_timeout": 0.0}, r"connect_timeout must be > 0")]:
+        with pytest.raises(UserError, match=match):
+            DistributedConfig(**bad).validate()
+
+
+# -- real processes -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _completed(root: Path, name: str) -> list[str]:
+    done = []
+    for path in (root / "sweeps" / name / "tuner").glob("trial_*/trial.json"):
+        if json.loads(path.read_text())["status"] == "COMPLETED":
+            done.append(path.parent.name)
+    return done
+
+
+def _check_one_parent_six_trials(root: Path) -> list:
+    """One FINISHED parent; every one of the 6 trials has exactly one FINISHED run."""
+    store = open_experiment(root)
+    (parent,) = store.parents
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["n_trials"] == 6
+    children = store.children_of(parent.info.run_id)
+    assert len(store.children) == len(children)
+    finished = [c.data.tags["cnnsearch.trial_id"] for c in children
+                if c.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(set(finished)) and len(finished) == 6, finished
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    assert len(_completed(root, "two")) == 6
+    return children
+
+
+@pytest.mark.slow
+def test_two_workers_run_a_sweep_into_one_parent_run(tmp_path):
+    done = run_cli(*SWEEP, *SHORT, f"paths.root={tmp_path}", "distributed.workers=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    children = _check_one_parent_six_trials(tmp_path)
+    pids = {c.data.tags["cnnsearch.pid"] for c in children}
+    assert len(pids) == 2, "both workers trained trials"
+    assert "[worker 1]" in done.stderr and "[worker 2]" in done.stderr
+    assert "final fit" in done.stderr and "test accuracy" in done.stdout
+    assert not _alive_with(str(tmp_path)), "a worker outlived the sweep"
+
+
+def _alive_with(text: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if text in " ".join(p.info["cmdline"] or [])]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_hands_its_trial_to_the_other(tmp_path):
+    stderr = tmp_path / "chief.err"
+    chief = start_cli(*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2",
+                      "training.epochs=8", "data.limit=1000", stderr_path=stderr)
+    try:
+        wait_for_text(stderr, "(lr ", chief, timeout=180)   # a worker started a trial
+        first = next(line for line in stderr.read_text().splitlines() if "(lr " in line)
+        index = int(first.split("[worker ")[1].split("]")[0])
+        workers = sorted((p for p in psutil.Process(chief.pid).children()
+                          if "distributed.role=worker" in " ".join(p.cmdline())),
+                         key=lambda p: p.create_time())
+        time.sleep(1.0)   # inside the trial's fit
+        workers[index - 1].send_signal(signal.SIGKILL)
+        assert chief.wait(timeout=600) == 0, stderr.read_text()[-3000:]
+    finally:
+        if chief.poll() is None:
+            os.killpg(chief.pid, signal.SIGKILL)
+    text = stderr.read_text()
+    assert "handed to another worker" in text, text[-3000:]
+    children = _check_one_parent_six_trials(tmp_path)
+    (killed,) = [c for c in children if c.info.status == "KILLED"]
+    assert killed.data.tags["cnnsearch.status"] == "killed"
+    assert killed.data.tags["cnnsearch.reason"].startswith("worker lost")
+    assert not _alive_with(str(tmp_path)), "a worker outlived the sweep"
+
+
+@pytest.mark.slow
+def test_a_worker_without_a_chief_fails_in_one_line(tmp_path):
+    port = _free_port()
+    done = run_cli(*SWEEP, *SHORT, f"paths.root={tmp_path}", "distributed.role=worker",
+                   f"distributed.chief=127.0.0.1:{port}", "distributed.connect_timeout=2")
+    assert done.returncode == 2
+    (line,) = error_lines(done.stderr)[-1:]
+    assert f"no cnnsearch chief answered at distributed.chief=127.0.0.1:{port}" in line
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_port_in_use_fails_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(*SWEEP, *SHORT, f"paths.root={tmp_path}", "distributed.role=chief",
+                       f"distributed.bind=127.0.0.1:{port}", "distributed.workers=0")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "the chief cannot listen there (port in use" in error_lines(done.stderr)[-1]
+
+
+@pytest.mark.slow
+def test_a_chief_and_a_worker_started_apart_and_a_worker_of_another_space(tmp_path):
+    # what two machines run (README, "Scaling out"), here on one host's loopback
+    port = _free_port()
+    stderr = tmp_path / "chief.err"
+    role = [*SWEEP, *SHORT, f"paths.root={tmp_path}"]
+    chief = start_cli(*role, "distributed.role=chief", f"distributed.bind=127.0.0.1:{port}",
+                      "distributed.workers=0", stderr_path=stderr)
+    try:
+        wait_for_text(stderr, "chief serving trials", chief, timeout=120)
+        other = run_cli(*role, "distributed.role=worker", f"distributed.chief=127.0.0.1:{port}",
+                        "search_space.filters=[8]")
+        assert other.returncode == 2, other.stderr[-3000:]
+        assert "search space differs from the chief's" in error_lines(other.stderr)[-1]
+        assert not _completed(tmp_path, "two"), "the odd worker trained nothing"
+
+        worker = run_cli(*role, "distributed.role=worker", f"distributed.chief=127.0.0.1:{port}")
+        assert worker.returncode == 0, worker.stderr[-3000:]
+        assert chief.wait(timeout=300) == 0, stderr.read_text()[-3000:]
+    finally:
+        if chief.poll() is None:
+            os.killpg(chief.pid, signal.SIGKILL)
+    _check_one_parent_six_trials(tmp_path)
