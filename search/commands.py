@@ -55,12 +55,11 @@ def sweep_spec(cfg: DictConfig):
         final_fit=config.final_fit,
         config=_without_credentials(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),
         distributed=config.distributed,
-        overrides=tuple(_overrides()),
     )
 
 
 def _overrides() -> list[str]:
-    """The command line's overrides (a distributed chief passes them to its workers)."""
+    """The command line's overrides (the workers this host starts get them too)."""
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -85,42 +84,58 @@ def tracking_spec(cfg: DictConfig) -> TrackingConfig:
 def sweep_command(cfg: DictConfig) -> SweepResult | None:
     """``cnnsearch sweep``: run one sweep and print its summary table (a worker: train
     the trials its chief hands out)."""
+    distributed = typed(cfg).distributed
+    distributed.validate()
+    if distributed.role == Role.worker and distributed.workers > 1:
+        return _local_workers(distributed)
+    pool = None
+    if distributed.enabled and distributed.role != Role.worker and distributed.workers:
+        from cnnsearch.search.distributed import WorkerPool, with_port
+
+        # started before this process imports Keras: their start-ups overlap
+        distributed = with_port(distributed)
+        pool = WorkerPool(_overrides(), distributed)
+        pool.start()
+    try:
+        return _sweep(cfg, distributed, pool)
+    finally:
+        if pool is not None:
+            pool.stop()
+
+
+def _sweep(cfg: DictConfig, distributed, pool) -> SweepResult | None:
     from cnnsearch.search.data import load_dataset
     from cnnsearch.search.progress import ProgressDisplay
     from cnnsearch.search.sweep import run_sweep, run_worker, validate
 
-    spec = sweep_spec(cfg)
+    spec = dataclasses.replace(sweep_spec(cfg), distributed=distributed)
     validate(spec)  # a bad value or a missing data set: one line, nothing written yet
-    worker = spec.distributed.role == Role.worker
-    if worker and spec.distributed.workers > 1:
-        return _local_workers(spec)
     tracking = tracking_spec(cfg)
     if tracking.mode == "server":  # an unreachable server fails before any data is loaded
         from cnnsearch.tracking.store import open_store
 
         open_store(tracking)
     data = load_dataset(spec.data, spec.seed)
-    observers: list = [ProgressDisplay(console, live=False if spec.distributed.enabled
-                                       else None)]
+    observers: list = [ProgressDisplay(console, live=False if distributed.enabled else None)]
     if tracking.enabled:
         from cnnsearch.tracking.runs import MlflowRecorder
 
         observers.append(MlflowRecorder(tracking))
     with _sigterm_as_interrupt() as interrupted:
-        if worker:
+        if distributed.role == Role.worker:
             run_worker(spec, [*observers, interrupted], data=data)
             return None
-        result, _ = run_sweep(spec, [*observers, interrupted], data=data)
+        result, _ = run_sweep(spec, [*observers, interrupted], data=data, workers=pool)
     report.print(summary_table(result))
     return result
 
 
-def _local_workers(spec) -> None:
+def _local_workers(distributed) -> None:
     """``distributed.role=worker distributed.workers=N``: N worker processes here for a
     chief elsewhere, until they end."""
     from cnnsearch.search.distributed import WorkerPool
 
-    pool = WorkerPool(list(spec.overrides), spec.distributed.chief, spec.distributed)
+    pool = WorkerPool(_overrides(), distributed)
     with _sigterm_as_interrupt():
         pool.start()
         try:
@@ -128,7 +143,7 @@ def _local_workers(spec) -> None:
         finally:
             pool.stop()
     if failed:
-        raise UserError(f"{len(failed)} of {spec.distributed.workers} worker processes "
+        raise UserError(f"{len(failed)} of {distributed.workers} worker processes "
                         f"failed ({', '.join(failed)}; their last lines are above)")
 
 

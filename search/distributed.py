@@ -25,9 +25,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from cnnsearch.search.config import DistributedConfig, address
+from cnnsearch.search.config import DistributedConfig, Role, address
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.kt_internals import (
     OracleServer,
@@ -41,7 +41,6 @@ from cnnsearch.search.kt_internals import (
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
-DEADLINE_ENV = "CNNSEARCH_DEADLINE"   # the chief's budget end (Unix time) for its workers
 PARENT_ENV = "CNNSEARCH_PARENT_PID"   # the process that started a local worker
 STOP_GRACE_SECONDS = 30.0
 # TensorFlow's C++ start-up chatter (info level, before Python can silence it): not relayed
@@ -75,6 +74,18 @@ def worker_env(index: int, workers: int, gpus: list[str], workers_per_gpu: int,
         env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"   # jax: allocate as needed
     return env
+
+
+def with_port(spec: DistributedConfig) -> DistributedConfig:
+    """``spec`` with a free port in ``distributed.bind`` where it asks for any (port 0),
+    so this host's workers know the chief's address before it listens."""
+    host, port = address("distributed.bind", spec.bind, any_port=True)
+    if port:
+        return spec
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    return replace(spec, bind=f"{host}:{port}")
 
 
 def worker_id() -> str:
@@ -131,18 +142,24 @@ class Worker:
 
 @dataclass
 class WorkerPool:
-    """The worker processes of this host: the same ``cnnsearch sweep`` command as a worker.
+    """The worker processes of this host: the same ``cnnsearch sweep`` command as a worker,
+    for the chief at ``distributed.chief`` (role=worker) or at ``distributed.bind``.
 
     Each worker's output is relayed line by line, prefixed with its name, through
     ``echo``; each ends with this process (:func:`follow_parent`).
     """
 
     overrides: list[str]
-    chief: str
     spec: DistributedConfig
-    deadline: float | None = None   # Unix time
     echo: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
     workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def chief(self) -> str:
+        if self.spec.role == Role.worker:
+            return self.spec.chief
+        host, port = address("distributed.bind", self.spec.bind)
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
     def start(self) -> None:
         gpus, cores = visible_gpus(), len(os.sched_getaffinity(0))
@@ -150,13 +167,12 @@ class WorkerPool:
                 if not arg.lstrip("~+").startswith("distributed.")]
         command = [sys.executable, "-m", "cnnsearch", "sweep", *kept,
                    "distributed.role=worker", f"distributed.chief={self.chief}",
-                   "distributed.workers=1"]
+                   "distributed.workers=1",
+                   f"distributed.connect_timeout={self.spec.connect_timeout}"]
         for index in range(self.spec.workers):
             env = {**os.environ, **worker_env(index, self.spec.workers, gpus,
                                               self.spec.workers_per_gpu, cores),
                    PARENT_ENV: str(os.getpid())}
-            if self.deadline is not None:
-                env[DEADLINE_ENV] = repr(self.deadline)
             process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
             name = f"worker {index + 1}"

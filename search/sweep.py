@@ -7,11 +7,10 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
@@ -27,6 +26,7 @@ from cnnsearch.search.config import (
     TunerConfig,
 )
 from cnnsearch.search.data import Dataset, load_dataset
+from cnnsearch.search.distributed import WorkerPool
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import Observers, SweepInfo, SweepResult
 from cnnsearch.search.hypermodel import CNNHyperModel
@@ -61,7 +61,6 @@ class SweepSpec:
     final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
     config: dict = field(default_factory=dict)   # the composed config, for the records
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    overrides: tuple[str, ...] = ()   # the command line's, for the workers this host starts
 
     @property
     def space_hash(self) -> str:
@@ -125,8 +124,8 @@ def check_sweep_name(name: str | None) -> None:
                         f"'-'; at most 128, not starting with '.'), got {name!r}")
 
 
-def run_sweep(spec: SweepSpec, observers: list | None = None,
-              data: Dataset | None = None) -> tuple[SweepResult, keras.Model]:
+def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | None = None,
+              workers: WorkerPool | None = None) -> tuple[SweepResult, keras.Model]:
     """Search, re-train the winner, evaluate it once on the test split.
 
     Args:
@@ -171,7 +170,8 @@ def run_sweep(spec: SweepSpec, observers: list | None = None,
         # the full collection keras-tuner runs before each trial skips them (~0.2 s).
         gc.freeze()
         try:
-            result.stopped_reason = (_serve(tuner, spec, events) if spec.distributed.enabled
+            result.stopped_reason = (_serve(tuner, spec, events, workers)
+                                     if spec.distributed.enabled
                                      else _search(tuner, data, spec.training))
         finally:
             gc.unfreeze()
@@ -254,25 +254,18 @@ def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> str |
     return None
 
 
-def _serve(tuner: SweepTuner, spec: SweepSpec, events: Observers) -> str | None:
-    """Hand the trials out to workers (this host's and others'); returns why it stopped
-    early, or None."""
-    from cnnsearch.search.distributed import Chief, WorkerPool
+def _serve(tuner: SweepTuner, spec: SweepSpec, events: Observers,
+           workers: WorkerPool | None) -> str | None:
+    """Hand the trials out to workers (``workers`` of this host, already started, and
+    those of other hosts); returns why it stopped early, or None."""
+    from cnnsearch.search.distributed import Chief
 
     deadline = None if spec.tuner.max_seconds is None else time.time() + spec.tuner.max_seconds
     chief = Chief(tuner.oracle, spec.distributed, spec.tuner.max_consecutive_failed_trials,
                   deadline=deadline, lost=events.trial_lost)
     tuner.save()
-    address = chief.start()
-    pool = WorkerPool(list(spec.overrides), address, spec.distributed,
-                      deadline=deadline) if spec.distributed.workers else None
-    if pool is not None:
-        pool.start()
-    try:
-        reason = chief.serve(pool)
-    finally:
-        if pool is not None:
-            pool.stop()
+    chief.start()
+    reason = chief.serve(workers)
     if reason == "time budget reached":
         return f"time budget tuner.max_seconds={spec.tuner.max_seconds:g} reached"
     return reason
@@ -287,7 +280,7 @@ def run_worker(spec: SweepSpec, observers: list | None = None,
         UserError: bad configuration, no chief answering, or a search space that
             differs from the chief's.
     """
-    from cnnsearch.search.distributed import DEADLINE_ENV, connect, follow_parent
+    from cnnsearch.search.distributed import connect, follow_parent
 
     follow_parent()
     space = validate(spec)
@@ -295,16 +288,12 @@ def run_worker(spec: SweepSpec, observers: list | None = None,
     if data is None:
         data = load_dataset(spec.data, spec.seed)
     connect(spec.distributed.chief, spec.distributed.connect_timeout)
-    tuner_spec = spec.tuner
-    if os.environ.get(DEADLINE_ENV):   # started by a chief on this host: its budget
-        left = max(1.0, float(os.environ[DEADLINE_ENV]) - time.time())
-        tuner_spec = replace(spec.tuner, max_seconds=left)
     spec.directory.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(spec.seed)
     if spec.training.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     hypermodel = CNNHyperModel(space, data.input_shape, data.num_classes, spec.training)
-    tuner = make_tuner(tuner_spec, hypermodel, events, directory=str(spec.directory),
+    tuner = make_tuner(spec.tuner, hypermodel, events, directory=str(spec.directory),
                        project_name="tuner", overwrite=False, seed=spec.seed)
     if not same_space(tuner.oracle):
         raise UserError(f"this worker's search space differs from the chief's at "
