@@ -35,7 +35,7 @@ def sweep(params: dict) -> dict:
     command = [sys.executable, "-m", "cnnsearch", "sweep", f"search_space={params['space']}",
                f"tuner.max_trials={params['trials']}", f"training.epochs={params['epochs']}",
                "training.early_stopping_patience=null", "training.reduce_lr_patience=null",
-               "tuner.pruning=none", f"final_fit.epochs={params['epochs'] // 2}",
+               "tuner.pruning=none", f"final_fit.epochs={max(1, params['epochs'] // 2)}",
                f"data.limit={params['limit']}", f"seed={params['seed']}",
                f"distributed.workers={params['workers']}", f"paths.root={root}"]
     started = time.perf_counter()

@@ -401,7 +401,9 @@ class _Interrupted:
 
 @contextmanager
 def _sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C, so open runs are closed as KILLED.
+    """Treat SIGTERM like Ctrl-C, so open runs are closed as KILLED; a second signal (a
+    distributed chief stopping its workers as they stop on their own Ctrl-C) does not cut
+    that short.
 
     Yields:
         An observer to add last to a sweep's observers (see :class:`_Interrupted`).
@@ -409,14 +411,17 @@ def _sigterm_as_interrupt():
     received = _Interrupted()
 
     def interrupt(signum, frame):
+        if received.signum is not None:   # stopping already: let it close its runs
+            return
         received.signum = signum
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def summary_table(result: SweepResult) -> Table:

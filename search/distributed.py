@@ -31,6 +31,7 @@ from cnnsearch.search.config import DistributedConfig, Role, address
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.kt_internals import (
     OracleServer,
+    drop_finished_retries,
     give_back_trial,
     ongoing_trials,
     quiet_trial_protos,
@@ -247,6 +248,7 @@ class Chief:
     def start(self) -> str:
         """Listen on ``distributed.bind``; returns the HOST:PORT workers should use."""
         host, port = address("distributed.bind", self.spec.bind, any_port=True)
+        drop_finished_retries(self.oracle)
         self.server = OracleServer(self.oracle, host, port)
         public = socket.gethostname() if host in ("0.0.0.0", "::") else host
         log.info("chief serving trials at %s:%d", public, self.server.port)

@@ -17,6 +17,7 @@ import io
 from concurrent import futures
 
 import keras_tuner as kt
+from keras_tuner.src.distribute.oracle_chief import OracleServicer
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch, TunerCallback
 
 from cnnsearch.search.errors import UserError
@@ -146,14 +147,13 @@ class OracleServer:
     def __init__(self, oracle, host: str, port: int) -> None:
         import grpc
         from keras_tuner.src import protos
-        from keras_tuner.src.distribute.oracle_chief import OracleServicer
 
         # the chief counts consecutive failures itself: keras-tuner would raise inside a
         # call that holds the oracle's lock, and never release it
         oracle.max_consecutive_failed_trials = 1 << 30
         oracle.verbose = 0   # keras-tuner's trial tables on stdout (search() sets it)
         quiet_trial_protos()
-        self.servicer = OracleServicer(oracle)
+        self.servicer = _Servicer(oracle)
         # one thread, as keras-tuner's; no port sharing: a second chief must not bind
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=1),
                                   options=[("grpc.so_reuseport", 0)])
@@ -169,6 +169,32 @@ class OracleServer:
 
     def stop(self) -> None:
         self.server.stop(grace=1).wait()
+
+
+class _Servicer(OracleServicer):
+    """keras-tuner's service, saving the oracle once a trial has ended: its ``end_trial``
+    saves before it drops the trial from the running ones, so a chief killed then would
+    run a completed trial again on resume."""
+
+    def EndTrial(self, request, context):  # noqa: N802 - gRPC's method name
+        response = super().EndTrial(request, context)
+        _save(self.oracle)
+        return response
+
+
+@kt.synchronized
+def _save(oracle) -> None:
+    oracle.save()
+
+
+@kt.synchronized
+def drop_finished_retries(oracle) -> None:
+    """After a reload: keep out of the retry queue the trials already ended (saved as
+    running by a chief killed just after they ended)."""
+    oracle._retry_queue = [trial_id for trial_id in oracle._retry_queue
+                           if oracle.trials[trial_id].status
+                           not in (kt.engine.trial.TrialStatus.COMPLETED,
+                                   kt.engine.trial.TrialStatus.FAILED)]
 
 
 @kt.synchronized

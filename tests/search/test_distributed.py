@@ -196,3 +196,49 @@ def test_a_chief_and_a_worker_started_apart_and_a_worker_of_another_space(tmp_pa
         if chief.poll() is None:
             os.killpg(chief.pid, signal.SIGKILL)
     _check_one_parent_six_trials(tmp_path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_chief_and_its_workers_and_closes_every_run(tmp_path):
+    stderr = tmp_path / "chief.err"
+    chief = start_cli(*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2",
+                      "training.epochs=30", "data.limit=1000", stderr_path=stderr)
+    try:
+        wait_for_text(stderr, "(lr ", chief, timeout=180)   # a trial is running
+        time.sleep(1.0)
+        os.killpg(chief.pid, signal.SIGINT)   # what Ctrl-C in its terminal sends
+        assert chief.wait(timeout=120) == 130, stderr.read_text()[-3000:]
+    finally:
+        if chief.poll() is None:
+            os.killpg(chief.pid, signal.SIGKILL)
+    store = open_experiment(tmp_path)
+    (parent,) = store.parents
+    assert parent.info.status == "KILLED"
+    runs = store.children_of(parent.info.run_id)
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    assert not _alive_with(str(tmp_path)), "a worker outlived the chief"
+
+
+@pytest.mark.slow
+def test_a_killed_chief_takes_its_workers_along_and_the_same_command_resumes(tmp_path):
+    args = [*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2", "training.epochs=8",
+            "data.limit=1000"]
+    stderr = tmp_path / "chief.err"
+    chief = start_cli(*args, stderr_path=stderr)
+    try:
+        wait_for_text(stderr, "trial 0: score", chief, timeout=180)
+        workers = psutil.Process(chief.pid).children()
+        chief.send_signal(signal.SIGKILL)   # the chief alone, as the OOM killer would
+        chief.wait()
+        _, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, "a worker outlived its chief"
+    finally:
+        if chief.poll() is None:
+            os.killpg(chief.pid, signal.SIGKILL)
+    done_before = set(_completed(tmp_path, "two"))
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming sweep" in again.stderr
+    assert done_before <= set(_completed(tmp_path, "two"))
+    _check_one_parent_six_trials(tmp_path)
