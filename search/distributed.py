@@ -146,13 +146,12 @@ class WorkerPool:
     """The worker processes of this host: the same ``cnnsearch sweep`` command as a worker,
     for the chief at ``distributed.chief`` (role=worker) or at ``distributed.bind``.
 
-    Each worker's output is relayed line by line, prefixed with its name, through
-    ``echo``; each ends with this process (:func:`follow_parent`).
+    Each worker's output is relayed line by line to this process's stderr, prefixed
+    with its name; each ends with this process (:func:`follow_parent`).
     """
 
     overrides: list[str]
     spec: DistributedConfig
-    echo: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
     workers: list[Worker] = field(default_factory=list)
 
     @property
@@ -185,7 +184,7 @@ class WorkerPool:
     def _relay(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
             if not line.startswith(TF_INFO):
-                self.echo(f"[{name}] {line.rstrip()}")
+                print(f"[{name}] {line.rstrip()}", file=sys.stderr, flush=True)
 
     def ended(self) -> list[Worker]:
         """Workers that ended since the last call."""
@@ -245,14 +244,13 @@ class Chief:
     _seen: dict[str, float] = field(default_factory=dict)   # trial id -> first seen running
     _requeued: set[str] = field(default_factory=set)
 
-    def start(self) -> str:
-        """Listen on ``distributed.bind``; returns the HOST:PORT workers should use."""
+    def start(self) -> None:
+        """Listen on ``distributed.bind``."""
         host, port = address("distributed.bind", self.spec.bind, any_port=True)
         drop_finished_retries(self.oracle)
         self.server = OracleServer(self.oracle, host, port)
         public = socket.gethostname() if host in ("0.0.0.0", "::") else host
         log.info("chief serving trials at %s:%d", public, self.server.port)
-        return f"{public}:{self.server.port}"
 
     def serve(self, pool: WorkerPool | None) -> str | None:
         """Run until every trial is handed out and ended; returns why it stopped early.
