@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import grpc
+
 from cnnsearch.search.config import DistributedConfig, Role, address
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.kt_internals import (
@@ -100,8 +102,6 @@ def connect(chief: str, timeout: float) -> None:
     Raises:
         UserError: if no chief answers at ``chief`` within ``timeout`` seconds.
     """
-    import grpc
-
     host, port = address("distributed.chief", chief)
     channel = grpc.insecure_channel(f"{host}:{port}")
     try:
@@ -230,22 +230,25 @@ class Chief:
         oracle: the sweep's keras-tuner oracle (this process's).
         spec: the distributed config.
         max_failures: consecutive failed trials that stop the search.
-        deadline: Unix time after which no trial starts, or None.
+        max_seconds: no trial starts this long after :meth:`start` (None: no budget).
         lost: called with (trial id, why) for each trial whose worker was lost.
     """
 
     oracle: object
     spec: DistributedConfig
     max_failures: int
-    deadline: float | None = None
+    max_seconds: float | None = None
     lost: Callable[[str, str], None] = lambda trial_id, why: None
     server: OracleServer | None = None
     stopped_reason: str | None = None
+    _deadline: float | None = None
     _seen: dict[str, float] = field(default_factory=dict)   # trial id -> first seen running
     _requeued: set[str] = field(default_factory=set)
 
     def start(self) -> None:
-        """Listen on ``distributed.bind``."""
+        """Listen on ``distributed.bind``; the time budget starts."""
+        if self.max_seconds is not None:
+            self._deadline = time.monotonic() + self.max_seconds
         host, port = address("distributed.bind", self.spec.bind, any_port=True)
         drop_finished_retries(self.oracle)
         self.server = OracleServer(self.oracle, host, port)
@@ -286,11 +289,11 @@ class Chief:
             code = worker.process.returncode
             if code != 0:
                 log.warning("%s ended with exit code %s", worker.name, code)
-            tuner = f"pid {worker.process.pid}"
             for tuner_id, trial_id in ongoing_trials(self.oracle).items():
                 if tuner_id.endswith(f"-{worker.process.pid}"):
-                    self._lose(tuner_id, trial_id, f"its {worker.name} ({tuner}) ended "
-                                                   f"with exit code {code}")
+                    self._lose(tuner_id, trial_id, f"its {worker.name} (pid "
+                                                   f"{worker.process.pid}) ended with exit "
+                                                   f"code {code}")
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
@@ -315,8 +318,8 @@ class Chief:
     def _check_stops(self) -> None:
         if self.stopped_reason is not None:
             return
-        if self.deadline is not None and time.time() >= self.deadline:
-            self.stopped_reason = "time budget reached"
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.stopped_reason = f"time budget tuner.max_seconds={self.max_seconds:g} reached"
         failures = _consecutive_failures(self.oracle)
         if failures >= self.max_failures:
             self.stopped_reason = (f"{failures} consecutive failed trials "

@@ -16,8 +16,12 @@ import contextlib
 import io
 from concurrent import futures
 
+import grpc
 import keras_tuner as kt
+from keras_tuner.src import protos
+from keras_tuner.src.distribute import oracle_client
 from keras_tuner.src.distribute.oracle_chief import OracleServicer
+from keras_tuner.src.engine.conditions import Parent
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch, TunerCallback
 
 from cnnsearch.search.errors import UserError
@@ -145,9 +149,6 @@ class OracleServer:
     """
 
     def __init__(self, oracle, host: str, port: int) -> None:
-        import grpc
-        from keras_tuner.src import protos
-
         # the chief counts consecutive failures itself: keras-tuner would raise inside a
         # call that holds the oracle's lock, and never release it
         oracle.max_consecutive_failed_trials = 1 << 30
@@ -242,8 +243,6 @@ def quiet_trial_protos() -> None:
     """keras-tuner 1.4.8 prints a value each time a conditional hyperparameter is turned
     into a protocol buffer (a debug ``print`` left in ``Parent.to_proto``): every trial
     sent between chief and worker printed ~20 stray lines. Swallow them."""
-    from keras_tuner.src.engine.conditions import Parent
-
     original = Parent.to_proto
     if getattr(original, "quiet", False):
         return
@@ -258,15 +257,11 @@ def quiet_trial_protos() -> None:
 
 def set_rpc_timeout(seconds: float) -> None:
     """How long a worker's call to the chief may wait (keras-tuner: 60 minutes)."""
-    from keras_tuner.src.distribute import oracle_client
-
     oracle_client.TIMEOUT = seconds
 
 
 def rpc_failure(error: BaseException) -> str | None:
     """The status of a failed call to the chief (e.g. UNAVAILABLE), or None."""
-    import grpc
-
     if not isinstance(error, grpc.RpcError):
         return None
     code = error.code() if callable(getattr(error, "code", None)) else None

@@ -260,15 +260,11 @@ def _serve(tuner: SweepTuner, spec: SweepSpec, events: Observers,
     those of other hosts); returns why it stopped early, or None."""
     from cnnsearch.search.distributed import Chief
 
-    deadline = None if spec.tuner.max_seconds is None else time.time() + spec.tuner.max_seconds
     chief = Chief(tuner.oracle, spec.distributed, spec.tuner.max_consecutive_failed_trials,
-                  deadline=deadline, lost=events.trial_lost)
+                  max_seconds=spec.tuner.max_seconds, lost=events.trial_lost)
     tuner.save()
     chief.start()
-    reason = chief.serve(workers)
-    if reason == "time budget reached":
-        return f"time budget tuner.max_seconds={spec.tuner.max_seconds:g} reached"
-    return reason
+    return chief.serve(workers)
 
 
 def run_worker(spec: SweepSpec, observers: list | None = None,

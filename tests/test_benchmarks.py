@@ -168,18 +168,20 @@ def test_fashion_targets_are_checked_on_the_medians():
     assert rows[2][-1] == "**no**"   # 101 s is more than half of 200 s
 
 
+def _fashion_run(accuracy: float) -> dict:
+    """One searcher's result for one seed, as fashion-partial.json holds it."""
+    return {"test_accuracy": accuracy, "best_val_accuracy": accuracy, "n_trials": 3,
+            "total_seconds": 10.0, "trial_ends": [5.0, 9.0],
+            "trial_val_accuracy": [accuracy - 0.01, accuracy], "time_to_90": 9.0,
+            "process_seconds": 12.0}
+
+
 def test_fashion_from_partial_keeps_the_seeds_every_searcher_finished(tmp_path):
     from benchmarks import fashion
 
-    def run(accuracy):
-        return {"test_accuracy": accuracy, "best_val_accuracy": accuracy, "n_trials": 3,
-                "total_seconds": 10.0, "trial_ends": [5.0, 9.0],
-                "trial_val_accuracy": [accuracy - 0.01, accuracy], "time_to_90": 9.0,
-                "process_seconds": 12.0}
-
     partial = tmp_path / "fashion-partial.json"
-    partial.write_text(json.dumps({"ours": [run(0.91), run(0.92), run(0.93)],
-                                   "keras_tuner": [run(0.90), run(0.89)]}))
+    partial.write_text(json.dumps({"ours": [_fashion_run(a) for a in (0.91, 0.92, 0.93)],
+                                   "keras_tuner": [_fashion_run(0.90), _fashion_run(0.89)]}))
     payload = fashion.from_partial([partial], {"budget": 10.0, "limit": 100}, [0, 1, 2],
                                    tmp_path / "plot.png")
     assert payload["params"]["seeds"] == [0, 1]
@@ -192,15 +194,10 @@ def test_fashion_from_partial_keeps_the_seeds_every_searcher_finished(tmp_path):
 def test_fashion_from_partial_combines_runs_of_some_seeds_each(tmp_path):
     from benchmarks import fashion
 
-    def run(accuracy):
-        return {"test_accuracy": accuracy, "best_val_accuracy": accuracy, "n_trials": 3,
-                "total_seconds": 10.0, "trial_ends": [5.0, 9.0],
-                "trial_val_accuracy": [accuracy - 0.01, accuracy], "time_to_90": 9.0,
-                "process_seconds": 12.0}
-
     first, second = tmp_path / "a.json", tmp_path / "b.json"
-    first.write_text(json.dumps({"ours": [run(0.91), run(0.92)], "optuna": [run(0.8)] * 2}))
-    second.write_text(json.dumps({"ours": [run(0.95)], "optuna": [run(0.9)]}))
+    first.write_text(json.dumps({"ours": [_fashion_run(0.91), _fashion_run(0.92)],
+                                 "optuna": [_fashion_run(0.8)] * 2}))
+    second.write_text(json.dumps({"ours": [_fashion_run(0.95)], "optuna": [_fashion_run(0.9)]}))
     payload = fashion.from_partial([first, second], {"budget": 10.0, "limit": 100},
                                    [0, 1, 2], tmp_path / "plot.png")
     assert payload["params"]["seeds"] == [0, 1, 2]

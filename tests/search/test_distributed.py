@@ -8,11 +8,14 @@ worker with another search space or no chief to talk to fails in one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -118,6 +121,22 @@ def test_two_workers_run_a_sweep_into_one_parent_run(tmp_path):
     assert not _alive_with(str(tmp_path)), "a worker outlived the sweep"
 
 
+@contextlib.contextmanager
+def _chief_in_a_trial(tmp_path: Path,
+                      *args: str) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """A 2-worker sweep in the background, once a worker started a trial; SIGKILLed at the
+    end if still running."""
+    stderr = tmp_path / "chief.err"
+    chief = start_cli(*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2",
+                      "data.limit=1000", *args, stderr_path=stderr)
+    try:
+        wait_for_text(stderr, "(lr ", chief, timeout=180)
+        yield chief, stderr
+    finally:
+        if chief.poll() is None:
+            os.killpg(chief.pid, signal.SIGKILL)
+
+
 def _alive_with(text: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"])
             if text in " ".join(p.info["cmdline"] or [])]
@@ -125,11 +144,7 @@ def _alive_with(text: str) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_hands_its_trial_to_the_other(tmp_path):
-    stderr = tmp_path / "chief.err"
-    chief = start_cli(*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2",
-                      "training.epochs=8", "data.limit=1000", stderr_path=stderr)
-    try:
-        wait_for_text(stderr, "(lr ", chief, timeout=180)   # a worker started a trial
+    with _chief_in_a_trial(tmp_path, "training.epochs=8") as (chief, stderr):
         first = next(line for line in stderr.read_text().splitlines() if "(lr " in line)
         index = int(first.split("[worker ")[1].split("]")[0])
         workers = sorted((p for p in psutil.Process(chief.pid).children()
@@ -138,9 +153,6 @@ def test_a_worker_killed_mid_trial_hands_its_trial_to_the_other(tmp_path):
         time.sleep(1.0)   # inside the trial's fit
         workers[index - 1].send_signal(signal.SIGKILL)
         assert chief.wait(timeout=600) == 0, stderr.read_text()[-3000:]
-    finally:
-        if chief.poll() is None:
-            os.killpg(chief.pid, signal.SIGKILL)
     text = stderr.read_text()
     assert "handed to another worker" in text, text[-3000:]
     children = _check_one_parent_six_trials(tmp_path)
@@ -200,17 +212,10 @@ def test_a_chief_and_a_worker_started_apart_and_a_worker_of_another_space(tmp_pa
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_chief_and_its_workers_and_closes_every_run(tmp_path):
-    stderr = tmp_path / "chief.err"
-    chief = start_cli(*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2",
-                      "training.epochs=30", "data.limit=1000", stderr_path=stderr)
-    try:
-        wait_for_text(stderr, "(lr ", chief, timeout=180)   # a trial is running
+    with _chief_in_a_trial(tmp_path, "training.epochs=30") as (chief, stderr):
         time.sleep(1.0)
         os.killpg(chief.pid, signal.SIGINT)   # what Ctrl-C in its terminal sends
         assert chief.wait(timeout=120) == 130, stderr.read_text()[-3000:]
-    finally:
-        if chief.poll() is None:
-            os.killpg(chief.pid, signal.SIGKILL)
     store = open_experiment(tmp_path)
     (parent,) = store.parents
     assert parent.info.status == "KILLED"
