@@ -23,6 +23,7 @@ from rich.table import Table
 from cnnsearch.search.config import Config, DataConfig, Role
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import SweepResult
+from cnnsearch.search.native_logs import start_keras
 from cnnsearch.tracking.config import TrackingConfig, TrackingMode, redact
 
 # Keras, TensorFlow and MLflow load inside the commands that need them: `cnnsearch ui`
@@ -104,6 +105,7 @@ def sweep_command(cfg: DictConfig) -> SweepResult | None:
 
 
 def _sweep(cfg: DictConfig, distributed, pool) -> SweepResult | None:
+    start_keras()
     from cnnsearch.search.data import load_dataset
     from cnnsearch.search.progress import ProgressDisplay
     from cnnsearch.search.sweep import run_sweep, run_worker, validate
@@ -275,6 +277,7 @@ def export_command(cfg: DictConfig) -> dict:
     """``cnnsearch export``: the winner in the requested formats, each parity-checked."""
     import json
 
+    start_keras()
     import keras
 
     from cnnsearch.search.data import load_dataset

@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
 PARENT_ENV = "CNNSEARCH_PARENT_PID"   # the process that started a local worker
 STOP_GRACE_SECONDS = 30.0
-# TensorFlow's C++ start-up chatter (info level, before Python can silence it): not relayed
-TF_INFO = ("I0000 ", "WARNING: All log messages before absl", "To enable the following")
 
 
 # -- where each worker runs ---------------------------------------------------------
@@ -183,8 +181,7 @@ class WorkerPool:
 
     def _relay(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
-            if not line.startswith(TF_INFO):
-                print(f"[{name}] {line.rstrip()}", file=sys.stderr, flush=True)
+            print(f"[{name}] {line.rstrip()}", file=sys.stderr, flush=True)
 
     def ended(self) -> list[Worker]:
         """Workers that ended since the last call."""

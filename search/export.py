@@ -28,6 +28,7 @@ from cnnsearch.models.export import (
     predict_with_runtime,
 )
 from cnnsearch.search.errors import UserError
+from cnnsearch.search.native_logs import native_logs_hidden
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class ExportSource:
     model: keras.Model
     sample: np.ndarray
     class_names: tuple[str, ...]
-    source: str                    # e.g. "runs:/<id>/model"
+    source: str                    # e.g. "models:/m-<id>" (the sweep's logged model)
     run_id: str | None = None
     test_accuracy: float | None = None
 
@@ -152,7 +153,9 @@ def _export_one(source: ExportSource, spec: ExportSpec, fmt: str, folder: Path,
     quantize = spec.quantize if fmt == "tflite" else "none"
     path = export_model(source.model, fmt, folder, opset=spec.opset, quantize=quantize)
     seconds = time.perf_counter() - started
-    record = parity(reference, predict_with_runtime(fmt, path, source.sample), quantize)
+    with native_logs_hidden():   # the TFLite runtime announces its CPU delegate
+        predicted = predict_with_runtime(fmt, path, source.sample)
+    record = parity(reference, predicted, quantize)
     record.update(path=path.name, quantize=quantize, export_seconds=round(seconds, 3),
                   bytes=_size(path), sha256=_sha256(path))
     log.info("export %-11s %s  %8d bytes  max|diff| %.2e  top-1 %.2f%%  %.1fs", fmt, path.name,

@@ -15,10 +15,6 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 
-# Lines TensorFlow's C++ runtime writes to stderr before Python can silence it.
-TF_NOISE = ("I0000 ", "W0000 ", "E0000 ", "WARNING: All log messages before absl")
-
-
 def load_space(name: str = "small") -> dict:
     """A search_space preset of conf/search_space as a plain dict."""
     return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "search_space" / f"{name}.yaml"))
@@ -131,9 +127,8 @@ def cli_env() -> dict[str, str]:
 
 
 def error_lines(stderr: str) -> list[str]:
-    """stderr without TensorFlow's C++ start-up noise, blank lines dropped."""
-    return [line for line in stderr.splitlines()
-            if line.strip() and not line.startswith(TF_NOISE)]
+    """stderr's lines, blank ones dropped (TensorFlow's C++ noise must not be there)."""
+    return [line for line in stderr.splitlines() if line.strip()]
 
 
 # Prepended to a script run by run_without_cnnsearch: the process cannot import cnnsearch,

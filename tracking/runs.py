@@ -23,8 +23,16 @@ import keras_tuner
 import mlflow
 import numpy as np
 import yaml
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.models import infer_signature
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelStatus,
+    Metric,
+    Param,
+    RunTag,
+)
+from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
 
 from cnnsearch.tracking.config import TrackingConfig
@@ -261,29 +269,51 @@ class MlflowRecorder:
         return runs[0] if runs else None
 
     def _log_model(self, model: keras.Model, result) -> None:
-        """Log the final model on the parent run and register it.
-
-        Saved to a folder first and uploaded as artifacts: ``mlflow.keras.log_model``
-        with an input example fails on MLflow 3.17 (it writes the example before it
-        creates the model folder).
-        """
+        """Log the final model as the sweep's MLflow model (Keras flavour) and register it."""
         sample = np.zeros((1, *model.input_shape[1:]), dtype="float32")
         signature = infer_signature(sample, np.asarray(model.predict(sample, verbose=0)))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model"
-            path.mkdir()
-            mlflow.keras.save_model(model, str(path), signature=signature, input_example=sample,
-                                    pip_requirements=_pip_requirements())
-            self.client.log_artifacts(self.parent_id, str(path), "model")
         mlflow.set_tracking_uri(self.spec.tracking_uri)
-        version = mlflow.register_model(f"runs:/{self.parent_id}/model",
-                                        self.spec.registered_model).version
+        mlflow.set_experiment(experiment_id=self.experiment_id)   # else experiment 0 gets it
+        self._fail_pending_models()
+        info = Model.log(artifact_path=None, name="model", flavor=_KerasFlavor,
+                         run_id=self.parent_id, model=model, signature=signature,
+                         input_example=sample,
+                         pip_requirements=_pip_requirements(), validate_serving_input=False,
+                         registered_model_name=self.spec.registered_model,
+                         tags={TAG_SWEEP: result.name})
+        version = str(info.registered_model_version)
         if result.test_accuracy is not None:
-            self.client.set_model_version_tag(self.spec.registered_model, str(version),
+            self.client.set_model_version_tag(self.spec.registered_model, version,
                                               "test_accuracy", f"{result.test_accuracy:.4f}")
-        self.client.set_model_version_tag(self.spec.registered_model, str(version),
+        self.client.set_model_version_tag(self.spec.registered_model, version,
                                           "architecture", result.architecture)
-        log.info("MLflow: registered model %s version %s", self.spec.registered_model, version)
+        log.info("MLflow: logged model %s, registered as %s version %s", info.model_id,
+                 self.spec.registered_model, version)
+
+    def _fail_pending_models(self) -> None:
+        """A model whose logging a killed process left half-done is marked FAILED."""
+        pending = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"source_run_id = '{self.parent_id}'")
+        for model in pending:
+            if model.status == LoggedModelStatus.PENDING:
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+
+
+class _KerasFlavor:
+    """``mlflow.keras`` for ``Model.log``, with its model folder made before it is written.
+
+    MLflow 3.17's Keras flavour saves the input example before it creates the folder, so
+    ``mlflow.keras.log_model(..., input_example=...)`` fails; ``validate_serving_input``
+    (loading the model again in this process to check the example) is ``Model.log``'s
+    option, not the flavour's.
+    """
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, validate_serving_input: bool = True, **kwargs) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
 
 
 def _pip_requirements() -> list[str]:

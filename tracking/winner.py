@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import yaml
+from mlflow.entities import LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -44,17 +45,35 @@ def find_winner(client: MlflowClient, experiment_id: str | None, run: str = "lat
                      f"({done.info.run_name})" if done else "no sweep has finished yet")
             raise TrackingError(f"the latest sweep {parent.info.run_name} is "
                                 f"{parent.info.status} and has no final model; {other}")
-        run_id, model_uri = parent.info.run_id, f"runs:/{parent.info.run_id}/model"
+        run_id, model_uri = parent.info.run_id, None
     else:
-        run_id, model_uri = run, f"runs:/{run}/model"
+        run_id, model_uri = run, None
     try:
         parent = client.get_run(run_id)
         config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml"))
                                 .read_text())
     except MlflowException:
         raise TrackingError(f"run {run_id} is not a cnnsearch sweep in this store") from None
+    model_uri = model_uri or sweep_model_uri(client, parent)
     return Winner(model_uri, run_id, parent.info.run_name or run_id, config,
                   parent.data.metrics.get("test_accuracy"))
+
+
+def sweep_model_uri(client: MlflowClient, sweep: Run) -> str:
+    """``models:/<id>`` of the sweep's newest complete model (a resumed sweep logs anew).
+
+    Raises:
+        TrackingError: the sweep has no complete model (it never finished).
+    """
+    models = client.search_logged_models(
+        [sweep.info.experiment_id],
+        filter_string=f"source_run_id = '{sweep.info.run_id}' AND name = 'model'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+    ready = [m for m in models if m.status == LoggedModelStatus.READY]
+    if not ready:
+        raise TrackingError(f"sweep run {sweep.info.run_id} ({sweep.info.run_name}) has no "
+                            f"final model; only a finished sweep has one")
+    return f"models:/{ready[0].model_id}"
 
 
 def load_model(winner: Winner, tracking_uri: str):

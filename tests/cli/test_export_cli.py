@@ -97,7 +97,10 @@ def test_export_all_writes_every_format_checks_it_and_logs_it(swept, exported_al
     manifest = json.loads((swept.exports / "manifest.json").read_text())
     assert_parity(manifest)
     assert manifest["run_id"] == swept.run_id
-    assert manifest["source"] == f"runs:/{swept.run_id}/model"
+    (model,) = swept.client.search_logged_models(
+        [swept.client.get_run(swept.run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{swept.run_id}'")
+    assert manifest["source"] == f"models:/{model.model_id}"   # the sweep's logged model
     assert manifest["input_shape"] == [8, 8, 1]
     assert manifest["class_names"] == [str(i) for i in range(10)]
     assert manifest["parity_sample"] == 256

@@ -39,7 +39,7 @@ POINTS = {
     "second trial, just after the first": ("trial 0: score", 0.3),
     "final fit": ("final fit:", 0.2),
     "model logging (after best_model.keras)": ("FILE:best_model.keras", 0.0),
-    "after registration, before the run closes": ("registered model", 0.0),
+    "after registration, before the run closes": ("MLflow: logged model", 0.0),
 }
 
 
@@ -97,6 +97,10 @@ def _check_consistent(root: Path, before: dict[str, tuple[bytes, int]]) -> None:
     live = [c.data.tags["cnnsearch.trial_id"] for c in store.children_of(parent.info.run_id)
             if c.info.status != "KILLED"]
     assert sorted(live) == sorted(set(live)) and len(set(live)) == 3, live
+    models = store.client.search_logged_models(
+        [store.experiment_id], filter_string=f"source_run_id = '{parent.info.run_id}'")
+    statuses = sorted(str(m.status) for m in models)   # a killed logging ends FAILED
+    assert "PENDING" not in statuses and statuses.count("READY") >= 1, statuses
     result = json.loads((root / "sweeps" / NAME / "result.json").read_text())
     assert result["n_completed"] == 3 and result["test_accuracy"] is not None
     model = keras.saving.load_model(root / "sweeps" / NAME / "best_model.keras")

@@ -24,17 +24,6 @@ QUICK = ["experiment=quick", "tuner.max_trials=3", "training.epochs=2", "data.li
 EXPERIMENT = "digits"
 REGISTERED_MODEL = "cnnsearch-digits"
 
-# Lines TensorFlow's C++ runtime writes to stderr before Python can silence it.
-TF_NOISE = ("I0000", "E0000", "W0000", "WARNING: All log messages",
-            "To enable the following instructions")
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr without TensorFlow's start-up noise, blank lines dropped."""
-    return [line for line in stderr.splitlines()
-            if line.strip() and not line.startswith(TF_NOISE)]
-
-
 def cli_env() -> dict[str, str]:
     """Environment of console-script subprocesses: quiet TensorFlow, no colours, wide tables."""
     env = dict(os.environ)

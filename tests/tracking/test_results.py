@@ -11,7 +11,8 @@ from mlflow.entities import Metric
 from cnnsearch.tracking.results import COLUMNS, latest_sweep, leaderboard, pareto_front
 from cnnsearch.tracking.store import TrackingError
 from cnnsearch.tracking.winner import find_winner
-from tests.tracking.conftest import error_lines, new_experiment, run_cli
+from tests.conftest import error_lines
+from tests.tracking.conftest import new_experiment, run_cli
 
 CSV_COLUMNS = {"rank", "trial", "status", "score", "val_accuracy", "params", "flops", "pareto",
                "architecture"}

@@ -7,20 +7,22 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import keras
 import matplotlib.image
+import mlflow
 import numpy as np
 import pytest
 import yaml
+from mlflow.entities import LoggedModelStatus
 
 from cnnsearch.search.config import DataConfig
 from cnnsearch.search.data import load_dataset
-from tests.conftest import run_without_cnnsearch
+from tests.conftest import error_lines, run_without_cnnsearch
 from tests.tracking.conftest import (
     QUICK,
     REGISTERED_MODEL,
-    error_lines,
     open_experiment,
     store_uri,
 )
@@ -127,14 +129,13 @@ def test_parent_tags_name_the_environment(swept):
 
 def test_parent_artifacts(swept):
     client, run_id = swept.store.client, swept.parent.info.run_id
-    assert {"config.yaml", "search_space.yaml", "leaderboard.csv", "plots",
-            "model"} <= _artifacts(client, run_id)
+    assert {"config.yaml", "search_space.yaml", "leaderboard.csv",
+            "plots"} <= _artifacts(client, run_id)
     assert {p.split("/")[-1] for p in _artifacts(client, run_id, "plots")} == PLOTS
     for plot in PLOTS:   # big enough to read (the first version was 545x394)
         width, height = matplotlib.image.imread(
             client.download_artifacts(run_id, f"plots/{plot}")).shape[1::-1]
         assert width >= 1000 and height >= 600, (plot, width, height)
-    assert "model/MLmodel" in _artifacts(client, run_id, "model")
 
     config = yaml.safe_load(_text(client, run_id, "config.yaml"))
     assert config["training"]["epochs"] == 2
@@ -257,6 +258,21 @@ def test_saved_and_registered_models_load_and_predict_without_cnnsearch(swept, t
     assert best.predict(images, verbose=0).std(axis=0).max() > 1e-3
 
 
+def test_the_winner_is_the_sweeps_logged_model(swept):
+    """An MLflow model (the experiment's Models tab), not loose files among the artifacts."""
+    client, parent = swept.store.client, swept.parent
+    (model,) = client.search_logged_models(
+        [parent.info.experiment_id], filter_string=f"source_run_id = '{parent.info.run_id}'")
+    assert (model.name, model.status) == ("model", LoggedModelStatus.READY)
+    assert model.tags["cnnsearch.sweep"] == parent.info.run_name
+    outputs = client.get_run(parent.info.run_id).outputs.model_outputs
+    assert [output.model_id for output in outputs] == [model.model_id]
+    files = {info.path for info in client.list_logged_model_artifacts(model.model_id)}
+    assert {"MLmodel", "requirements.txt", "input_example.json", "data"} <= files
+    (version,) = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+    assert version.source == f"models:/{model.model_id}"
+
+
 def test_model_version_tags_and_requirements(swept):
     client, parent = swept.store.client, swept.parent
     (version,) = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
@@ -264,7 +280,9 @@ def test_model_version_tags_and_requirements(swept):
     assert version.tags["test_accuracy"] == f"{parent.data.metrics['test_accuracy']:.4f}"
     assert version.tags["architecture"] == parent.data.tags["cnnsearch.architecture"]
     # pinned explicitly: MLflow's inference cannot load our custom layer and falls back
-    requirements = _text(client, parent.info.run_id, "model/requirements.txt").split()
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    requirements = Path(mlflow.artifacts.download_artifacts(
+        f"{model.artifact_location}/requirements.txt")).read_text().split()
     assert f"keras=={keras.__version__}" in requirements
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf

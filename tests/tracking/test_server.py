@@ -206,9 +206,10 @@ def test_sweep_records_runs_model_and_artifacts_through_the_server(swept):
     assert "test_accuracy" in versions[0].tags
 
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"config.yaml", "model", "leaderboard.csv"} <= names
-    model_files = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "model")}
-    assert "MLmodel" in model_files
+    assert {"config.yaml", "leaderboard.csv"} <= names
+    (model,) = client.search_logged_models(
+        [parent.info.experiment_id], filter_string=f"source_run_id = '{parent.info.run_id}'")
+    assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(model.model_id)}
     # Uploaded through the server's artifact proxy into its destination folder.
     assert list(server.artifacts.rglob("config.yaml"))
     assert list(server.artifacts.rglob("MLmodel"))

@@ -19,7 +19,8 @@ from cnnsearch.tracking.store import (
     process_tags,
     reconcile_stale_runs,
 )
-from tests.tracking.conftest import QUICK, error_lines, new_experiment
+from tests.conftest import error_lines
+from tests.tracking.conftest import QUICK, new_experiment
 
 # -- reconcile_stale_runs ----------------------------------------------------------------
 
