@@ -25,6 +25,7 @@ test-slow: setup           ## the slow tests (real subprocess sweeps, SIGKILL re
 
 .PHONY: bench
 bench: setup               ## every benchmark in full mode, in sequence (hours), then the README tables
+	$(BIN)/python -m benchmarks.wholerun
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.throughput
 	$(BIN)/python -m benchmarks.quality $(if $(AUTOKERAS_PYTHON),--autokeras-python $(AUTOKERAS_PYTHON))

@@ -4,4 +4,5 @@ import sys
 
 from cnnsearch.search.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":   # not when a spawned child (the MLflow recorder) imports it
+    sys.exit(main())

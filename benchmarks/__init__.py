@@ -4,5 +4,5 @@ Each prints a table and writes ``<out>/<name>.json``; ``python -m benchmarks.rep
 copies the tables into ``benchmarks/README.md``. See that file for the commands.
 """
 
-NAMES = ("fashion", "overhead", "throughput", "quality", "memory", "costs", "profile",
-         "scaling")
+NAMES = ("fashion", "wholerun", "overhead", "throughput", "quality", "memory", "costs",
+         "profile", "scaling")

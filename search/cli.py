@@ -110,10 +110,10 @@ def _hydra_app(command: str):
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
-        _configure_logging()
+        configure_logging()
         from cnnsearch.search import commands
         from cnnsearch.search.errors import UserError
-        from cnnsearch.tracking.store import TrackingError
+        from cnnsearch.tracking.config import TrackingError
 
         try:
             getattr(commands, f"{command}_command")(cfg)
@@ -123,7 +123,8 @@ def _hydra_app(command: str):
     return app
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
+    """Console logging of every cnnsearch process (rich in a terminal, plain lines else)."""
     from rich.logging import RichHandler
 
     from cnnsearch.search.commands import console

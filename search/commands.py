@@ -105,6 +105,22 @@ def sweep_command(cfg: DictConfig) -> SweepResult | None:
 
 
 def _sweep(cfg: DictConfig, distributed, pool) -> SweepResult | None:
+    tracking = tracking_spec(cfg)
+    recorder = None
+    if tracking.enabled:   # started first: MLflow's start-up overlaps Keras's
+        from cnnsearch.search.cli import configure_logging
+        from cnnsearch.tracking.recorder_process import RecorderProcess
+
+        recorder = RecorderProcess(tracking, configure_logging,
+                                   logs_model=distributed.role != Role.worker)
+    try:
+        return _run_sweep(cfg, distributed, pool, recorder)
+    finally:
+        if recorder is not None:
+            recorder.close()
+
+
+def _run_sweep(cfg: DictConfig, distributed, pool, recorder) -> SweepResult | None:
     start_keras()
     from cnnsearch.search.data import load_dataset
     from cnnsearch.search.progress import ProgressDisplay
@@ -112,17 +128,13 @@ def _sweep(cfg: DictConfig, distributed, pool) -> SweepResult | None:
 
     spec = dataclasses.replace(sweep_spec(cfg), distributed=distributed)
     validate(spec)  # a bad value or a missing data set: one line, nothing written yet
-    tracking = tracking_spec(cfg)
-    if tracking.mode == "server":  # an unreachable server fails before any data is loaded
-        from cnnsearch.tracking.store import open_store
-
-        open_store(tracking)
-    data = load_dataset(spec.data, spec.seed)
     observers: list = [ProgressDisplay(console, live=False if distributed.enabled else None)]
-    if tracking.enabled:
-        from cnnsearch.tracking.runs import MlflowRecorder
-
-        observers.append(MlflowRecorder(tracking))
+    if recorder is not None:   # an unreachable server fails before any data is loaded
+        recorder.check()
+    data = load_dataset(spec.data, spec.seed)
+    if recorder is not None:   # the store's first write: the config and data are good
+        recorder.open()
+        observers.append(recorder)
     with _sigterm_as_interrupt() as interrupted:
         if distributed.role == Role.worker:
             run_worker(spec, [*observers, interrupted], data=data)

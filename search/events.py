@@ -13,6 +13,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+BEST_MODEL_FILE = "best_model.keras"   # the final model, in the sweep folder, before sweep_ended
+
 
 @dataclass(frozen=True)
 class SweepInfo:
@@ -78,6 +80,7 @@ class SweepObserver:
     def epoch_ended(self, trial_id: str, epoch: int, logs: dict) -> None: ...
     def trial_ended(self, outcome: TrialOutcome) -> None: ...
     def candidate_skipped(self, reason: str, values: dict) -> None: ...
+    def search_ended(self) -> None: ...   # every trial is over; the final fit comes next
     def sweep_ended(self, result: SweepResult, model: Any) -> None: ...
     def sweep_failed(self, error: BaseException) -> None: ...
     # distributed sweeps: a worker process joins; the chief loses a trial
@@ -111,6 +114,9 @@ class Observers(SweepObserver):
 
     def candidate_skipped(self, reason, values):
         self._send("candidate_skipped", reason, values)
+
+    def search_ended(self):
+        self._send("search_ended")
 
     def sweep_ended(self, result, model):
         self._send("sweep_ended", result, model)

@@ -28,7 +28,7 @@ from cnnsearch.search.config import (
 from cnnsearch.search.data import Dataset, load_dataset
 from cnnsearch.search.distributed import WorkerPool
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.events import Observers, SweepInfo, SweepResult
+from cnnsearch.search.events import BEST_MODEL_FILE, Observers, SweepInfo, SweepResult
 from cnnsearch.search.hypermodel import CNNHyperModel
 from cnnsearch.search.kt_internals import (
     check_version,
@@ -42,7 +42,6 @@ from cnnsearch.search.tuners import SweepTuner, best_metric, completed_trials, m
 log = logging.getLogger(__name__)
 
 STATE_FILE = "sweep.json"
-BEST_MODEL_FILE = "best_model.keras"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -175,6 +174,7 @@ def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | No
                                      else _search(tuner, data, spec.training))
         finally:
             gc.unfreeze()
+        events.search_ended()
         _count(tuner, result)
         model = _final_model(tuner, data, spec, result)
         result.seconds = time.perf_counter() - started

@@ -125,6 +125,17 @@ def test_profile_tiny(tmp_path):
     assert payload["summary"]["none"]["MLflow recorder, per-trial events"] == 0
 
 
+@pytest.mark.slow   # 9 whole commands (imports, MLflow) in fresh processes: ~1.5 min
+def test_wholerun_tiny(tmp_path):
+    payload = run_tiny("wholerun", tmp_path)
+    summary = payload["summary"]
+    assert set(summary) == {"baseline", "none", "local", "local_new"}
+    assert summary["baseline"]["ratio"] == 1.0
+    assert all(finite(s["seconds"], s["ratio"]) and s["seconds"] > 0 for s in summary.values())
+    store = tmp_path / "wholerun-store" / "mlflow" / "mlflow.db"   # local reused one store
+    assert store.is_file()
+
+
 @pytest.mark.slow
 def test_scaling_tiny(tmp_path):
     payload = run_tiny("scaling", tmp_path)
@@ -147,8 +158,8 @@ def test_fashion_tiny(tmp_path):
 
 
 def test_every_benchmark_has_a_test():
-    tested = {"fashion", "overhead", "throughput", "quality", "memory", "costs", "profile",
-              "scaling"}
+    tested = {"fashion", "wholerun", "overhead", "throughput", "quality", "memory", "costs",
+              "profile", "scaling"}
     assert set(NAMES) == tested
 
 

@@ -8,6 +8,10 @@ from enum import StrEnum
 from pathlib import Path
 
 
+class TrackingError(Exception):
+    """The tracking store cannot be used (unreachable, not writable): one line for the user."""
+
+
 def redact(uri: str | None) -> str | None:
     """``uri`` with its ``user:password@`` replaced by ``***@``: safe to log, print, record."""
     if not uri or "@" not in urllib.parse.urlsplit(uri).netloc:

@@ -11,15 +11,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import keras_tuner
 import mlflow
 import numpy as np
 import yaml
@@ -32,10 +28,12 @@ from mlflow.entities import (
     Param,
     RunTag,
 )
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
 
 from cnnsearch.tracking.config import TrackingConfig
+from cnnsearch.tracking.environment import environment_tags
 from cnnsearch.tracking.results import leaderboard, log_plots
 from cnnsearch.tracking.store import (
     TAG_REASON,
@@ -47,6 +45,9 @@ from cnnsearch.tracking.store import (
     process_tags,
     reconcile_stale_runs,
 )
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +65,33 @@ class MlflowRecorder:
 
     Args:
         spec: where and under which names to record.
+        environment: the sweep's environment tags (``environment_tags()`` read in the
+            sweep's process); None: read them here.
+        client: a client on the store already open (``open_existing_store``); None:
+            open (or create) it here.
     """
 
-    def __init__(self, spec: TrackingConfig) -> None:
+    def __init__(self, spec: TrackingConfig, environment: dict[str, str] | None = None,
+                 client: MlflowClient | None = None) -> None:
         self.spec = spec
-        self.client: MlflowClient = open_store(spec)
+        self.environment = environment
+        self.client: MlflowClient = client or open_store(spec)
         self.experiment_id = experiment_id(self.client, spec)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}   # trial id -> open child run id
-        self.candidates: dict[str, Any] = {}
         self.skipped = 0
         self.objective = "val_accuracy"
+        self.sweep_name = ""
         self.owns_parent = True   # False in a distributed sweep's worker
 
     # -- sweep -----------------------------------------------------------------
 
     def sweep_started(self, info) -> None:
-        self.objective = info.objective
+        self.objective, self.sweep_name = info.objective, info.name
         reconcile_stale_runs(self.client, [self.experiment_id])
         previous = self._find_parent(info.name, info.space_hash) if info.resumed else None
         tags = {TAG_ROLE: "sweep", TAG_SWEEP: info.name, TAG_HASH: info.space_hash,
-                **process_tags(), **_environment_tags()}
+                **process_tags(), **(self.environment or environment_tags())}
         if previous is not None:
             self.parent_id = previous.info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
@@ -126,14 +133,17 @@ class MlflowRecorder:
             TAG_ARCH: result.architecture, TAG_NOTE: note + _result_note(result)}))
         if result.skip_reasons:
             self.client.log_dict(self.parent_id, result.skip_reasons, "skipped_candidates.json")
+        self._log_model(model, result)
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def search_ended(self) -> None:
+        """The leaderboard and plots, while the sweep re-trains its winner."""
         table = leaderboard(self.client, self.parent_id)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "leaderboard.csv"
             table.to_csv(path, index=False)
             self.client.log_artifact(self.parent_id, str(path))
-            log_plots(self.client, self.parent_id, table, result.name)
-        self._log_model(model, result)
-        self.client.set_terminated(self.parent_id, "FINISHED")
+            log_plots(self.client, self.parent_id, table, self.sweep_name)
 
     def sweep_failed(self, error: BaseException) -> None:
         status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
@@ -184,7 +194,6 @@ class MlflowRecorder:
                   **process_tags()})
         run_id = run.info.run_id
         self.children[trial_id] = run_id
-        self.candidates[trial_id] = candidate
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
         self.client.log_text(run_id, arch.to_json(), "architecture.json")
         self.client.log_text(run_id, _layer_table(arch), "summary.txt")
@@ -271,14 +280,16 @@ class MlflowRecorder:
     def _log_model(self, model: keras.Model, result) -> None:
         """Log the final model as the sweep's MLflow model (Keras flavour) and register it."""
         sample = np.zeros((1, *model.input_shape[1:]), dtype="float32")
-        signature = infer_signature(sample, np.asarray(model.predict(sample, verbose=0)))
+        signature = ModelSignature(   # float32 batches in, class probabilities out
+            Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]))]),
+            Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]))]))
         mlflow.set_tracking_uri(self.spec.tracking_uri)
         mlflow.set_experiment(experiment_id=self.experiment_id)   # else experiment 0 gets it
         self._fail_pending_models()
         info = Model.log(artifact_path=None, name="model", flavor=_KerasFlavor,
                          run_id=self.parent_id, model=model, signature=signature,
                          input_example=sample,
-                         pip_requirements=_pip_requirements(), validate_serving_input=False,
+                         pip_requirements=model_requirements(), validate_serving_input=False,
                          registered_model_name=self.spec.registered_model,
                          tags={TAG_SWEEP: result.name})
         version = str(info.registered_model_version)
@@ -316,12 +327,14 @@ class _KerasFlavor:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
-def _pip_requirements() -> list[str]:
+def model_requirements() -> list[str]:
     """Keras and its backend package, pinned: what the logged model needs to load.
 
     Given explicitly: MLflow would otherwise infer them by loading the model in a fresh
     process (several seconds) and may fall back to Keras alone (no backend).
     """
+    import keras
+
     backend = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(
         keras.backend.backend())
     pins = []
@@ -349,26 +362,6 @@ def _tags(values: dict[str, str]) -> list[RunTag]:
     return [RunTag(k, str(v)) for k, v in values.items()]
 
 
-def _environment_tags() -> dict[str, str]:
-    """Backend, versions, device and git commit, for reproducing a sweep later."""
-    devices = _devices()
-    tags = {
-        "cnnsearch.keras_backend": keras.backend.backend(),
-        "cnnsearch.keras_version": keras.__version__,
-        "cnnsearch.keras_tuner_version": keras_tuner.__version__,
-        "cnnsearch.python": platform.python_version(),
-        "cnnsearch.device": devices,
-    }
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tags["cnnsearch.tensorflow_version"] = tf.__version__
-    commit = _git_commit()
-    if commit:   # the UI hides mlflow.* tags: the commit is shown under our name too
-        tags["mlflow.source.git.commit"] = tags["cnnsearch.git_commit"] = commit
-    return tags
-
-
 def _sweep_note(info) -> str:
     """The sweep run's description: what it searches and where its pieces are."""
     config = info.config
@@ -390,23 +383,6 @@ def _result_note(result) -> str:
             f"{result.params:,} parameters; val accuracy {val}, test accuracy {test} after "
             f"the final fit. {result.n_completed} trials completed, {result.n_failed} failed, "
             f"{result.n_skipped} candidates skipped.")
-
-
-def _devices() -> str:
-    try:
-        gpus = [d for d in keras.distribution.list_devices() if "gpu" in d.lower()]
-    except (RuntimeError, ValueError):
-        gpus = []
-    return ", ".join(gpus) if gpus else f"CPU ({platform.processor() or platform.machine()})"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5, check=False)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 def _layer_table(arch) -> str:

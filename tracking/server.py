@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnsearch.tracking.store import TrackingError
+from cnnsearch.tracking.config import TrackingError
 
 HOST = "127.0.0.1"
 PG_USER = "postgres"

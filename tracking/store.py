@@ -16,7 +16,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cnnsearch.tracking.config import TrackingConfig, TrackingMode, redact
+from cnnsearch.tracking.config import TrackingConfig, TrackingError, TrackingMode, redact
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,6 @@ TAG_STATUS = "cnnsearch.status"   # of a trial run: running | completed | failed
 TAG_REASON = "cnnsearch.reason"
 EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag the UI reads
 LOCK_FILE = ".cnnsearch.lock"   # beside the local store's mlflow.db
-
-
-class TrackingError(Exception):
-    """The tracking store cannot be used (unreachable, not writable): one line for the user."""
 
 
 def open_store(spec: TrackingConfig) -> MlflowClient:
@@ -57,6 +53,30 @@ def open_store(spec: TrackingConfig) -> MlflowClient:
             client.search_experiments(max_results=1)
         return client
     return MlflowClient(spec.tracking_uri)
+
+
+def open_existing_store(spec: TrackingConfig) -> MlflowClient | None:
+    """A client on the store if it is already there (a server: if it answers), opened
+    without writing anything; None if a local store is not made yet or does not open
+    (``open_store`` then makes it, or says why it cannot).
+
+    Raises:
+        TrackingError: the server does not answer.
+    """
+    if spec.mode == TrackingMode.server:
+        return open_store(spec)
+    if not spec.store_file.is_file():
+        return None
+    try:
+        return _read_only(spec)
+    except (MlflowException, OSError):
+        return None
+
+
+def _read_only(spec: TrackingConfig) -> MlflowClient:
+    client = MlflowClient(spec.tracking_uri)
+    client.search_experiments(max_results=1)
+    return client
 
 
 def _create_atomically(db: Path) -> None:

@@ -11,8 +11,8 @@ from mlflow.entities import LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cnnsearch.tracking.config import TrackingError
 from cnnsearch.tracking.results import latest_sweep
-from cnnsearch.tracking.store import TrackingError
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 from tests.tracking.conftest import (
@@ -42,6 +43,9 @@ def _start_and_wait_for_a_trial(tmp_path):
 
 def test_sigkill_leaves_running_runs_that_the_next_command_marks_killed(tmp_path):
     sweep, root, store, _ = _start_and_wait_for_a_trial(tmp_path)
+    # the runs are written by the sweep's MLflow recorder, a child process
+    (recorder,) = [child for child in psutil.Process(sweep.pid).children()
+                   if "spawn_main" in " ".join(child.cmdline())]
     try:
         os.killpg(sweep.pid, signal.SIGKILL)
         assert sweep.wait(timeout=60) == -signal.SIGKILL   # reaped: its pid is gone
@@ -58,7 +62,8 @@ def test_sigkill_leaves_running_runs_that_the_next_command_marks_killed(tmp_path
     (child,) = store.children
     assert parent.info.status == child.info.status == "KILLED"
     assert child.data.tags["cnnsearch.status"] == "killed"
-    assert str(sweep.pid) in child.data.tags["cnnsearch.reason"]
+    assert child.data.tags["cnnsearch.pid"] == str(recorder.pid)
+    assert str(recorder.pid) in child.data.tags["cnnsearch.reason"]
 
 
 def test_sigterm_closes_the_runs_killed(tmp_path):
