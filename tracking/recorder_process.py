@@ -173,6 +173,7 @@ def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.update(QUIET_KERAS)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")   # our own lines say what it did
     configure_logging()
     # what logging the model needs loads once the first trial trains: earlier, it would
     # slow down the answers the sweep waits for at its start

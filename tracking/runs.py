@@ -28,6 +28,7 @@ from mlflow.entities import (
     Param,
     RunTag,
 )
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
@@ -290,16 +291,27 @@ class MlflowRecorder:
                          run_id=self.parent_id, model=model, signature=signature,
                          input_example=sample,
                          pip_requirements=model_requirements(), validate_serving_input=False,
-                         registered_model_name=self.spec.registered_model,
                          tags={TAG_SWEEP: result.name})
-        version = str(info.registered_model_version)
+        tags = {TAG_SWEEP: result.name, "architecture": result.architecture}
         if result.test_accuracy is not None:
-            self.client.set_model_version_tag(self.spec.registered_model, version,
-                                              "test_accuracy", f"{result.test_accuracy:.4f}")
-        self.client.set_model_version_tag(self.spec.registered_model, version,
-                                          "architecture", result.architecture)
+            tags["test_accuracy"] = f"{result.test_accuracy:.4f}"
+        version = self.client.create_model_version(
+            self._registered_model(), f"models:/{info.model_id}", run_id=self.parent_id,
+            tags=tags, model_id=info.model_id)
         log.info("MLflow: logged model %s, registered as %s version %s", info.model_id,
-                 self.spec.registered_model, version)
+                 version.name, version.version)
+
+    def _registered_model(self) -> str:
+        """``tracking.registered_model``, created if new (another sweep may do so too)."""
+        name = self.spec.registered_model
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException:   # created by another sweep a moment ago
+                self.client.get_registered_model(name)
+        return name
 
     def _fail_pending_models(self) -> None:
         """A model whose logging a killed process left half-done is marked FAILED."""
@@ -372,8 +384,8 @@ def _sweep_note(info) -> str:
     return (f"cnnsearch sweep **{info.name}**: {tuner.get('name', '?')} search of CNNs on "
             f"{data.get('name', '?')} ({', '.join(filter(None, limits)) or 'no limit'}), "
             f"ranking trials by {'highest' if info.maximize else 'lowest'} {info.objective}. "
-            "Each trial is a nested run; config.yaml, search_space.yaml, leaderboard.csv, "
-            "plots/ and the final model are this run's artifacts.")
+            "Each trial is a nested run; config.yaml, search_space.yaml, leaderboard.csv and "
+            "plots/ are this run's artifacts; the final model is its logged model `model`.")
 
 
 def _result_note(result) -> str:
