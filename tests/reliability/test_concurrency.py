@@ -1,5 +1,6 @@
 """Several sweeps at once on one brand-new local store (issue 14): none dies in MLflow's
-schema creation, no run is lost, the store opens afterwards."""
+schema creation, no run is lost, the store opens afterwards; reading the store while a
+sweep writes gives consistent answers."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ import subprocess
 
 import pytest
 
-from tests.tracking.conftest import CNNSEARCH, cli_env, store_client
+from tests.conftest import error_lines
+from tests.tracking.conftest import (
+    CNNSEARCH,
+    cli_env,
+    run_cli,
+    start_cli,
+    stop_tree,
+    store_client,
+    wait_for_text,
+)
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]   # ~1 min: 4 real sweeps at once
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]   # ~1 min each: real sweeps
 
 SWEEPS = 4
 TRIALS = 2
@@ -42,3 +52,25 @@ def test_four_sweeps_started_at_once_on_a_new_store_all_finish(tmp_path):
         assert len({c.data.tags["cnnsearch.trial_id"] for c in mine}) == TRIALS
     versions = client.search_model_versions("name = 'cnnsearch-digits'")
     assert sorted(int(v.version) for v in versions) == list(range(1, SWEEPS + 1))
+
+
+def test_results_and_export_while_a_sweep_writes(tmp_path):
+    """Read while a sweep records: `results` shows the running sweep as it stands, and
+    `export` refuses it in one line (it has no final model yet); the sweep is unharmed."""
+    root, stderr = tmp_path / "out", tmp_path / "sweep.err"
+    sweep = start_cli("sweep", "experiment=quick", "tuner.max_trials=100",   # minutes long
+                      "training.epochs=40", "training.early_stopping_patience=null",
+                      "data.limit=200", f"paths.root={root}", stderr_path=stderr)
+    try:
+        wait_for_text(stderr, ": score ", sweep, timeout=300)   # a trial is recorded
+        results = run_cli("results", f"paths.root={root}")
+        export = run_cli("export", f"paths.root={root}")
+        assert sweep.poll() is None   # still training
+    finally:
+        stop_tree(sweep)
+    assert results.returncode == 0, results.stderr[-3000:]
+    assert "completed" in results.stdout and "running" in results.stdout
+    assert export.returncode == 2, export.stderr[-3000:]
+    (line,) = error_lines(export.stderr)
+    assert "is RUNNING and has no final model" in line
+    assert not (root / "exports").exists()

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import keras
@@ -271,6 +272,24 @@ def test_the_winner_is_the_sweeps_logged_model(swept):
     assert {"MLmodel", "requirements.txt", "input_example.json", "data"} <= files
     (version,) = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
     assert version.source == f"models:/{model.model_id}"
+
+
+def test_every_saved_model_loads_in_safe_mode_and_holds_no_code(swept):
+    """The sweep folder's model and the logged model: no Lambda layer, no serialized
+    function, no pickle; Keras loads both with safe_mode=True."""
+    client, parent = swept.store.client, swept.parent
+    (logged,) = client.search_logged_models(
+        [parent.info.experiment_id], filter_string=f"source_run_id = '{parent.info.run_id}'")
+    files = [swept.sweep_dir / "best_model.keras", Path(mlflow.artifacts.download_artifacts(
+        f"{logged.artifact_location}/data/model.keras"))]
+    for file in files:
+        keras.saving.load_model(file, safe_mode=True)
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+            config = archive.read("config.json").decode()
+        assert not [n for n in names if n.endswith((".pkl", ".pickle", ".py"))], names
+        for code in ('"Lambda"', "__lambda__", '"function"', "TFOpLambda"):
+            assert code not in config, (file, code)
 
 
 def test_model_version_tags_and_requirements(swept):
