@@ -168,8 +168,14 @@ def _started(pid: int) -> str:
 
 
 def _alive(pid: int, started: str | None) -> bool:
-    """True if process ``pid`` runs and, when ``started`` is known, is the same process."""
+    """True if process ``pid`` runs and, when ``started`` is known, is the same process.
+
+    A zombie (dead, not yet reaped: e.g. the sweep's MLflow recorder killed with it, until
+    init collects it) is not alive.
+    """
     try:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return False
         actual = _started(pid)
     except psutil.Error:   # no such process (or not ours to inspect: then it is not ours)
         return False

@@ -42,6 +42,23 @@ def _run(client, experiment_id: str, host: str, pid: int, trial: bool = True,
     return client.create_run(experiment_id, tags=tags).info.run_id
 
 
+def test_a_zombie_process_counts_as_gone(scratch_client):
+    """Killed but not yet reaped by its parent: its run is stale all the same."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:   # exited, unreaped
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        experiment_id = new_experiment(scratch_client)
+        run = _run(scratch_client, experiment_id, socket.gethostname(), child.pid,
+                   started=process_tags_of(child.pid))
+        assert reconcile_stale_runs(scratch_client, [experiment_id]) == 1
+        assert scratch_client.get_run(run).info.status == "KILLED"
+    finally:
+        child.wait()
+
+
 def test_reconcile_kills_only_this_hosts_runs_whose_process_is_gone(scratch_client):
     client = scratch_client
     experiment_id = new_experiment(client)
