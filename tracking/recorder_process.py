@@ -192,7 +192,8 @@ def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
         except EOFError:   # the sweep's process is gone and told nothing
             if recorder is not None and recorder.owns_parent:
                 recorder.sweep_failed(SystemExit("the sweep's process ended unexpectedly"))
-            return
+            logging.shutdown()
+            os._exit(0)   # at once: no interpreter teardown (Keras may be half-loaded)
         try:
             if event in ("sweep_started", "worker_started"):
                 args, recorder.environment = args[:1], args[1]
