@@ -31,6 +31,7 @@ NAME = "wholerun"
 VARIANTS = ("baseline", "none", "local", "local_new")
 TARGETS = {"none": 1.03, "local": 1.05}
 CNNSEARCH = [sys.executable, "-m", "cnnsearch", "sweep"]
+MARKER = ".benchmarks-wholerun"
 
 
 def ours(params: dict, tracking: str, root: str) -> list[str]:
@@ -86,7 +87,14 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
     if args.tiny:
         args.trials, args.epochs, args.repeats = 1, 1, 1
     store_root = out / "wholerun-store"   # the store `local` finds already there
-    shutil.rmtree(store_root, ignore_errors=True)
+    marker = store_root / MARKER
+    if store_root.exists():   # only a folder this benchmark made is ever removed
+        if not marker.is_file():
+            raise common.BenchmarkError(f"{store_root} exists and was not made by this "
+                                        "benchmark; remove it or choose another --out")
+        shutil.rmtree(store_root)
+    store_root.mkdir(parents=True)
+    marker.write_text("made by python -m benchmarks.wholerun; removed by its next run\n")
     params = {"trials": args.trials, "epochs": args.epochs, "seed": args.seed,
               "store_root": str(store_root)}
     warm_up = timed("local")({**params, "workdir": str(out), "run": "warm-up"})

@@ -216,3 +216,15 @@ def test_fashion_from_partial_combines_runs_of_some_seeds_each(tmp_path):
     assert payload["summary"]["optuna"]["test_accuracy"] == pytest.approx(0.8)
     assert "stopped_early" not in payload and payload["combined"] == [str(first), str(second)]
     assert payload["seconds"] == 72.0
+
+
+def test_wholerun_never_removes_a_store_folder_it_did_not_make(tmp_path):
+    from benchmarks import wholerun
+
+    foreign = tmp_path / "wholerun-store"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    args = wholerun.build_parser().parse_args(["--tiny"])
+    with pytest.raises(common.BenchmarkError, match="was not made by this benchmark"):
+        wholerun.measure(args, tmp_path)
+    assert (foreign / "notes.txt").read_text() == "keep me"
