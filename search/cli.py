@@ -146,10 +146,12 @@ def _user_message(error: Exception) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from cnnsearch.search.errors import UserError
+    from cnnsearch.search.errors import UserError, disk_full
 
     if isinstance(error, UserError):
         return str(error)
+    if disk_full(error):
+        return disk_full(error)
     if isinstance(error, HydraException | OmegaConfBaseException):
         parts = []
         for exc in (error, error.__cause__):

@@ -1,5 +1,28 @@
 """Errors that the command line reports to the user without a traceback."""
 
+from __future__ import annotations
+
+import errno
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# how libraries that do not raise an OSError say it: SQLite (MLflow's store), HDF5 (weights)
+DISK_FULL_TEXTS = ("database or disk is full", "No space left on device", "Disk quota exceeded")
+
 
 class UserError(Exception):
     """A problem the user can fix (bad config, missing file): shown as one line, no traceback."""
+
+
+def disk_full(error: BaseException) -> str | None:
+    """One line for an error caused by a full disk (anywhere in its chain), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if (isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS) or any(
+                text in str(error) for text in DISK_FULL_TEXTS):
+            where = getattr(error, "filename", None)
+            return (f"no space left on device{f' (writing {where})' if where else ''}: free "
+                    "some space, then run the same command again (a sweep resumes where it "
+                    "stopped)")
+        error = error.__cause__ or error.__context__
+    return None

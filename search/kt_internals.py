@@ -2,12 +2,13 @@
 
 cnnsearch needs a few things keras-tuner does not make public: a hook on each random
 draw (to skip infeasible candidates), the oracle's record of tried values, a hook on
-each execution's callbacks, the best-epoch checkpoint class, the switch that builds
-a model per hyperparameter condition, the failure stop, which keras-tuner raises
-as a plain RuntimeError, and, for a distributed sweep, its gRPC oracle service, the
-oracle's running trials and its retry queue. Each is wrapped here under a public
-name, so an upgrade of keras-tuner touches this file only, and an untested version
-fails at once with one clear line instead of misbehaving in the middle of a sweep.
+each execution's callbacks, the trial's error handling, the best-epoch checkpoint
+class, the switch that builds a model per hyperparameter condition, the failure stop,
+which keras-tuner raises as a plain RuntimeError, and, for a distributed sweep, its gRPC
+oracle service, the oracle's running trials and its retry queue. Each is wrapped here
+under a public name, so an upgrade of keras-tuner touches this file only, and an
+untested version fails at once with one clear line instead of misbehaving in the middle
+of a sweep.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from keras_tuner.src.distribute.oracle_chief import OracleServicer
 from keras_tuner.src.engine.conditions import Parent
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch, TunerCallback
 
-from cnnsearch.search.errors import UserError
+from cnnsearch.search.errors import UserError, disk_full
 
 TESTED_VERSIONS = ("1.4.8",)
 
@@ -76,11 +77,20 @@ class FilteredDraws:
 
 class TunerHooks:
     """Tuner mixin: ``adapt_callback`` sees each callback of each execution of a trial,
-    and a hypermodel that declares its whole space up front is built once per trial.
+    a hypermodel that declares its whole space up front is built once per trial, and a
+    full disk stops the search (keras-tuner would count each trial it breaks as failed).
     """
 
     def adapt_callback(self, callback, trial_id: str):
         return callback
+
+    def _run_and_update_trial(self, trial, *args, **kwargs):
+        try:
+            return super()._run_and_update_trial(trial, *args, **kwargs)
+        except Exception as error:
+            if disk_full(error):   # not the trial's fault: a resume runs it again
+                raise kt.errors.FatalError(disk_full(error)) from error
+            raise
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
         kwargs["callbacks"] = [self.adapt_callback(callback, trial.trial_id)

@@ -336,6 +336,7 @@ def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
     result.params = candidate.architecture.params
     result.flops = candidate.architecture.flops
     result.best_val_accuracy = best_metric(best, "val_accuracy")
+    _warn_if_chance_level(result.best_val_accuracy, data.y_val)
     if spec.final_fit.enabled:
         epochs = spec.final_fit.epochs or (int(best.best_step) + 1)
         log.info("final fit: trial %s on train + validation for %d epochs, %s learning rate",
@@ -355,3 +356,15 @@ def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
         data.x_test, data.y_test, batch_size=spec.training.batch_size, verbose=0))
     return model
 
+
+def _warn_if_chance_level(val_accuracy: float | None, y_val: np.ndarray) -> None:
+    """Warn when the best trial does no better than always answering the commonest class
+    (within three standard errors): labels no model can learn from their inputs."""
+    if val_accuracy is None or not math.isfinite(val_accuracy) or not len(y_val):
+        return
+    commonest = np.bincount(y_val).max() / len(y_val)
+    noise = 3 * math.sqrt(commonest * (1 - commonest) / len(y_val))
+    if val_accuracy < commonest + noise:
+        log.warning("the best trial's validation accuracy (%.3f) is no better than always "
+                    "answering the commonest class (%.3f of %d images): do the labels belong "
+                    "to the inputs?", val_accuracy, commonest, len(y_val))

@@ -1,7 +1,7 @@
 """The trial lifecycle: the configured keras-tuner tuner over our oracles (search/oracles.py).
 
-* The tuner turns a NaN loss into a failed trial and reports each trial and epoch
-  to the sweep's observers. keras-tuner itself clears the Keras session before
+* The tuner turns a NaN or infinite loss into a failed trial and reports each trial and
+  epoch to the sweep's observers. keras-tuner itself clears the Keras session before
   building each trial's model.
 * A trial trains as fast as a bare ``model.fit``: no callback has per-batch hooks
   (Keras keeps its asynchronous batch dispatch where the backend has it) and the
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class _EpochReporter(keras.callbacks.Callback):
-    """Forwards each epoch's logs to the observers and stops training on a NaN loss.
+    """Forwards each epoch's logs to the observers; a NaN or infinite loss stops training.
 
     Shared, not copied, per trial.
     """
@@ -69,8 +69,9 @@ class _EpochReporter(keras.callbacks.Callback):
 
 
 class SweepTuner(TunerHooks, kt.Tuner):
-    """``kt.Tuner`` with NaN-as-failure, asynchronous batch dispatch, observer events, and
-    trials that end early with the time budget or by median stopping (search/stopping.py).
+    """``kt.Tuner`` with a NaN or infinite loss as failure, asynchronous batch dispatch,
+    observer events, and trials that end early with the time budget or by median stopping
+    (search/stopping.py).
     """
 
     def __init__(self, oracle, hypermodel: CNNHyperModel, observers: Observers,
@@ -110,9 +111,11 @@ class SweepTuner(TunerHooks, kt.Tuner):
             _forget_custom_gradients(keep=registered)
         for history in histories if isinstance(histories, list) else [histories]:
             losses = getattr(history, "history", {}).get("loss", [])
-            bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+            bad = [(i, loss) for i, loss in enumerate(losses) if not math.isfinite(loss)]
             if bad:
-                raise kt.errors.FailedTrialError(f"loss became NaN at epoch {bad[0]}")
+                epoch, loss = bad[0]
+                raise kt.errors.FailedTrialError(
+                    f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at epoch {epoch}")
         return histories
 
     def _stop_rules(self, trial_id: str) -> StopRules:

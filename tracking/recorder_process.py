@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from cnnsearch.search.errors import disk_full
 from cnnsearch.search.events import BEST_MODEL_FILE
 from cnnsearch.tracking.config import TrackingConfig, TrackingError
 from cnnsearch.tracking.environment import environment_tags
@@ -175,6 +176,8 @@ def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
     os.environ.update(QUIET_KERAS)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")   # our own lines say what it did
     configure_logging()
+    # MLflow logs a failed SQL statement with its traceback; the sweep reports it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # what logging the model needs loads once the first trial trains: earlier, it would
     # slow down the answers the sweep waits for at its start
     keras_loader = threading.Thread(target=_prepare_model_logging, daemon=True)
@@ -257,5 +260,7 @@ class SavedModel:
 def _message(error: Exception) -> str:
     if isinstance(error, TrackingError):
         return str(error)
+    if disk_full(error):
+        return f"MLflow recording failed: {disk_full(error)}"
     text = str(error).strip().splitlines()
     return f"MLflow recording failed: {type(error).__name__}: {text[0] if text else ''}"

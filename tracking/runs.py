@@ -148,8 +148,8 @@ class MlflowRecorder:
 
     def sweep_failed(self, error: BaseException) -> None:
         status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
-        for trial_id in list(self.children):
-            self._end_child(trial_id, status, f"sweep stopped: {type(error).__name__}")
+        for trial_id in list(self.children):   # not the trial's failure: a resume re-runs it
+            self._end_child(trial_id, "KILLED", f"sweep stopped: {_one_line(error)}")
         if self.parent_id is not None and self.owns_parent:
             self.client.set_tag(self.parent_id, TAG_REASON, _one_line(error))
             self.client.set_terminated(self.parent_id, status)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import logging
 import math
 
 import keras
 import keras_tuner as kt
+import numpy as np
 import pytest
 
 import cnnsearch.search.hypermodel
 import cnnsearch.search.sweep
-from cnnsearch.search.errors import UserError
+from cnnsearch.search.data import load_dataset
+from cnnsearch.search.errors import UserError, disk_full
 from cnnsearch.search.hypermodel import CNNHyperModel
 from cnnsearch.search.kt_internals import BestEpochInMemory
 from cnnsearch.search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
@@ -148,6 +153,44 @@ def test_failed_builds_and_nan_losses_fail_their_trials_only(make_spec, small_sp
             assert math.isfinite(outcome.score)
     assert result.best_values["block1_filters"] == 16
     assert result.best_values["learning_rate"] == 0.003
+
+
+def test_a_full_disk_stops_the_search_instead_of_failing_trials(make_spec, small_space,
+                                                                monkeypatch, recorder):
+    # keras-tuner counts any error of a trial as the trial's failure and goes on; a full
+    # disk breaks every trial alike, so the sweep must stop at once, its trial unfailed.
+    def fit(self, hp, model, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/ckpt.weights.h5")
+
+    monkeypatch.setattr(cnnsearch.search.sweep.CNNHyperModel, "fit", fit)
+    spec = make_spec(small_space, final_fit={"enabled": False})
+    with pytest.raises(kt.errors.FatalError) as raised:
+        run_sweep(spec, [recorder])
+
+    assert disk_full(raised.value) == (
+        "no space left on device (writing /data/ckpt.weights.h5): free some space, then run "
+        "the same command again (a sweep resumes where it stopped)")
+    assert len(recorder.started) == 1 and recorder.outcomes == []
+    assert recorder.of("sweep_failed") == [[raised.value]]
+
+
+@pytest.mark.parametrize("labels", ["shuffled", "real"])
+def test_labels_no_model_can_learn_end_with_a_warning(make_spec, small_space, caplog, labels):
+    # Shuffled, the labels no longer belong to the images: every trial completes near
+    # chance and the sweep says so; the same sweep on the real labels does not.
+    spec = make_spec(small_space, tuner={"max_trials": 1}, training={"epochs": 10},
+                     final_fit={"enabled": False})
+    data = load_dataset(spec.data, spec.seed)
+    if labels == "shuffled":
+        rng = np.random.default_rng(0)
+        data = dataclasses.replace(data, y_train=rng.permutation(data.y_train),
+                                   y_val=rng.permutation(data.y_val))
+    with caplog.at_level(logging.WARNING, logger="cnnsearch.search.sweep"):
+        result, _ = run_sweep(spec, [], data=data)
+
+    assert result.n_completed == 1
+    warnings = [r.getMessage() for r in caplog.records if "commonest class" in r.getMessage()]
+    assert len(warnings) == (labels == "shuffled"), (result.best_val_accuracy, warnings)
 
 
 def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, monkeypatch):
