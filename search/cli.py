@@ -150,8 +150,8 @@ def _user_message(error: Exception) -> str | None:
 
     if isinstance(error, UserError):
         return str(error)
-    if disk_full(error):
-        return disk_full(error)
+    if message := disk_full(error):
+        return message
     if isinstance(error, HydraException | OmegaConfBaseException):
         parts = []
         for exc in (error, error.__cause__):

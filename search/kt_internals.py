@@ -88,8 +88,8 @@ class TunerHooks:
         try:
             return super()._run_and_update_trial(trial, *args, **kwargs)
         except Exception as error:
-            if disk_full(error):   # not the trial's fault: a resume runs it again
-                raise kt.errors.FatalError(disk_full(error)) from error
+            if message := disk_full(error):   # not the trial's fault: a resume re-runs it
+                raise kt.errors.FatalError(message) from error
             raise
 
     def _build_and_fit_model(self, trial, *args, **kwargs):

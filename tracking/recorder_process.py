@@ -260,7 +260,7 @@ class SavedModel:
 def _message(error: Exception) -> str:
     if isinstance(error, TrackingError):
         return str(error)
-    if disk_full(error):
-        return f"MLflow recording failed: {disk_full(error)}"
+    if message := disk_full(error):
+        return f"MLflow recording failed: {message}"
     text = str(error).strip().splitlines()
     return f"MLflow recording failed: {type(error).__name__}: {text[0] if text else ''}"
