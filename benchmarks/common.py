@@ -349,6 +349,45 @@ def gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+class GpuSampler:
+    """``nvidia-smi``'s utilisation and memory every 0.5 s while the ``with`` block runs;
+    afterwards :attr:`summary` holds the mean utilisation (%) and the peak memory (MiB)
+    over all GPUs and samples (empty without an NVIDIA GPU)."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+             "--format=csv,noheader,nounits", "-lms", "500"]
+
+    def __init__(self) -> None:
+        self.summary: dict[str, float] = {}
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> GpuSampler:
+        if shutil.which("nvidia-smi"):
+            self._process = subprocess.Popen(self.QUERY, stdout=subprocess.PIPE,
+                                             stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            out, _ = self._process.communicate()
+            self.summary = gpu_summary(out)
+
+
+def gpu_summary(csv: str) -> dict[str, float]:
+    """Mean utilisation and peak memory of ``nvidia-smi`` lines ``UTIL, MEMORY``."""
+    samples = []
+    for line in csv.splitlines():
+        try:
+            samples.append(tuple(float(field) for field in line.split(",")[:2]))
+        except ValueError:   # a line cut off by the end of sampling
+            continue
+    if not samples:
+        return {}
+    return {"gpu_utilisation": statistics.fmean(u for u, _ in samples),
+            "gpu_memory_mib": max(m for _, m in samples)}
+
+
 def versions() -> dict[str, str]:
     """Installed versions of the packages that decide the numbers."""
     found = {}

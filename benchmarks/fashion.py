@@ -20,7 +20,11 @@ Searchers:
   scripts as a user writes them (``variants.USER_SPACE``, 30 epochs, early stopping 5,
   batch 32);
 * ``optuna``: an Optuna script over the same user space and training, TPE sampler and
-  median pruner fed each epoch's validation accuracy, ``study.optimize(timeout=B)``.
+  median pruner fed each epoch's validation accuracy, ``study.optimize(timeout=B)``;
+* ``autokeras``: ``autokeras.ImageClassifier`` (``--autokeras-python``: its own
+  virtualenv) on the same split with the user training (30 epochs, early stopping 5,
+  batch 32), no trial started after the budget and, as ours, the running trial ended
+  with it (``autokeras_search``), then AutoKeras' own final fit.
 
 Reported per searcher: median (and min-max) over seeds of the test accuracy, the best
 validation accuracy, trials, total wall time, and the time to reach 90% validation
@@ -34,16 +38,17 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import autokeras_search, common
 from benchmarks.common import REPO, Table, first_reaching, fmt, median
 
 NAME = "fashion"
 SEARCHERS = ("ours", "ours_bayesian", "ours_hyperband", "keras_tuner",
-             "keras_tuner_hyperband", "optuna")
+             "keras_tuner_hyperband", "optuna", "autokeras")
 DEFAULT_SEARCHERS = ("ours", "keras_tuner", "optuna")
 THRESHOLD = 0.90
 PLOT = REPO / "benchmarks" / "fashion-time-to-accuracy.png"
@@ -171,10 +176,31 @@ def optuna_tpe(params: dict) -> dict:
                    optuna=optuna.__version__)
 
 
+def autokeras_inputs(params: dict) -> dict:
+    """Write this seed's split to ``params['split_file']`` for AutoKeras (worker); returns
+    the user training it gets (its virtualenv cannot import ours)."""
+    import numpy as np
+
+    from benchmarks import variants
+
+    data = _data(params)
+    np.savez(params["split_file"], x_train=data.x_train, y_train=data.y_train,
+             x_val=data.x_val, y_val=data.y_val, x_test=data.x_test, y_test=data.y_test)
+    return {key: params.get(key) or value for key, value in variants.USER_TRAINING.items()}
+
+
+def autokeras(params: dict) -> dict:
+    """AutoKeras' ImageClassifier with the same budget rule (worker, AutoKeras' venv)."""
+    run = autokeras_search.search(params)
+    return _result(run["test_accuracy"], run["records"], run["total_seconds"],
+                   autokeras=run["version"])
+
+
 WORKERS = {"ours": ours, "ours_bayesian": lambda p: ours(p, "bayesian"),
            "ours_hyperband": lambda p: ours(p, "hyperband"), "keras_tuner": keras_tuner,
            "keras_tuner_hyperband": lambda p: keras_tuner(p, hyperband=True),
-           "optuna": optuna_tpe}
+           "optuna": optuna_tpe, "autokeras_inputs": autokeras_inputs,
+           "autokeras": autokeras}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images (data.limit; default 12000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--searchers", nargs="+", choices=SEARCHERS, default=list(DEFAULT_SEARCHERS))
+    p.add_argument("--ours-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more overrides for ours (e.g. tracking=none where MLflow is missing)")
+    p.add_argument("--plot", default=str(PLOT),
+                   help=f"the time-to-accuracy PNG (default {PLOT.relative_to(REPO)})")
+    p.add_argument("--autokeras-python", default=os.environ.get("AUTOKERAS_PYTHON"),
+                   help="python of a virtualenv with autokeras (default $AUTOKERAS_PYTHON), "
+                        "for --searchers autokeras")
     p.add_argument("--partial", metavar="FILE", nargs="+",
                    help="runs nothing: the results of runs stopped early or run a seed at "
                         "a time, from their fashion-partial.json files in seed order (the "
@@ -193,23 +226,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure(args: argparse.Namespace, out: Path) -> dict:
-    base = {"budget": args.budget_seconds, "limit": args.limit}
+    base = {"budget": args.budget_seconds, "limit": args.limit,
+            "ours_overrides": args.ours_overrides}
     if args.partial:
-        return from_partial([Path(p) for p in args.partial], base, args.seeds, PLOT)
+        return from_partial([Path(p) for p in args.partial], base, args.seeds,
+                            Path(args.plot))
     if args.tiny:   # the code paths only: 1 epoch per trial, a moment of budget
         base = {"budget": 1.0, "limit": 200, "epochs": 1,
-                "ours_overrides": ["training.epochs=1", "final_fit.epochs=1"]}
+                "ours_overrides": ["training.epochs=1", "final_fit.epochs=1",
+                                   *args.ours_overrides]}
         args.seeds = args.seeds[:1]
+    if "autokeras" in args.searchers and (why := autokeras_search.unavailable(
+            args.autokeras_python)):
+        raise SystemExit(f"--searchers autokeras: {why}")
     runs: dict[str, list[dict]] = {name: [] for name in args.searchers}
     for index, seed in enumerate(args.seeds, start=1):   # seed-major: balanced if cut short
         for searcher in args.searchers:
             common.log.info("fashion: seed %s (%d/%d): %s", seed, index, len(args.seeds),
                             searcher)
-            runs[searcher].append(common.run_worker(NAME, searcher, {**base, "seed": seed},
-                                                    out / "logs", tag=f"seed{seed}"))
+            params, python = {**base, "seed": seed}, None
+            if searcher == "autokeras":
+                params["split_file"] = str(out / "splits" / f"fashion-seed{seed}.npz")
+                Path(params["split_file"]).parent.mkdir(parents=True, exist_ok=True)
+                training = common.run_worker(NAME, "autokeras_inputs", params, out / "logs",
+                                             tag=f"seed{seed}")
+                params |= {key: training[key] for key in ("epochs", "patience", "batch_size")}
+                python = args.autokeras_python
+            runs[searcher].append(common.run_worker(NAME, searcher, params, out / "logs",
+                                                    tag=f"seed{seed}", python=python))
             (out / "fashion-partial.json").write_text(json.dumps(runs, default=str))
     if not args.tiny:
-        plot(runs, base, PLOT)
+        plot(runs, base, Path(args.plot))
     return {"params": {**base, "seeds": args.seeds}, "runs": runs,
             "summary": summarise(runs), "anchors": ANCHORS}
 

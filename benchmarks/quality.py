@@ -12,9 +12,10 @@ Per seed (the repeats), every variant runs once, in this order, each in a fresh 
   fit (best trial's epochs on train + validation) and one test evaluation;
 * ``cnn2``: anchor, a hand-written 2-conv CNN trained on train + validation for
   ``training.epochs`` (30), the most epochs our final fit gives a candidate;
-* ``autokeras``: ``autokeras.ImageClassifier`` with the same budget rule, run by a
-  separate virtualenv's Python (``--autokeras-python``); trained on train with our
-  validation split, then AutoKeras' own final fit on train + validation.
+* ``autokeras``: ``autokeras.ImageClassifier`` with the same budget rule (and, as ours,
+  its running trial ends with the budget: see ``autokeras_search``), run by a separate
+  virtualenv's Python (``--autokeras-python``); trained on train with our validation
+  split, then AutoKeras' own final fit on train + validation.
 
 Reported: the median over seeds of the test accuracy, the best validation accuracy,
 the total wall time (search + final fit + test; it exceeds the budget by the last
@@ -33,7 +34,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import autokeras_search, common
 from benchmarks.common import BenchmarkError, Table, first_reaching, fmt, median
 
 NAME = "quality"
@@ -136,44 +137,14 @@ def cnn2(params: dict) -> dict:
 
 def autokeras(params: dict) -> dict:
     """AutoKeras' ImageClassifier with the same budget rule (worker, AutoKeras' venv)."""
-    import autokeras as ak
-    import keras
-    import numpy as np
-
-    split = np.load(params["split_file"])
-    keras.utils.set_random_seed(params["seed"])
-    x = np.concatenate([split["x_train"], split["x_val"]])   # validation last: AutoKeras
-    y = np.concatenate([split["y_train"], split["y_val"]])   # splits off the last fraction
-    fraction = (len(split["x_val"]) + 0.5) / len(x)
-    classifier = ak.ImageClassifier(max_trials=100000, objective="val_accuracy",
-                                    directory=str(Path(params["workdir"]) / "ak"),
-                                    seed=params["seed"], overwrite=True)
-    tuner, records, started = classifier.tuner, [], time.perf_counter()
-    on_trial_end = tuner.on_trial_end
-
-    def record(trial) -> None:
-        on_trial_end(trial)
-        elapsed = time.perf_counter() - started
-        metrics = trial.metrics
-        records.append({"ended": elapsed, "epochs_run": len(metrics.get_history("loss"))
-                        if metrics.exists("loss") else 0,
-                        "best_val_accuracy": float(metrics.get_best_value("val_accuracy"))
-                        if metrics.exists("val_accuracy") else None})
-        if elapsed >= params["budget"]:
-            tuner.oracle.max_trials = len(tuner.oracle.trials)
-
-    tuner.on_trial_end = record
-    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                         patience=params["patience"])
-    classifier.fit(x, y, validation_split=fraction, epochs=params["epochs"], callbacks=[stop],
-                   batch_size=params["batch_size"], verbose=0)
-    accuracy = float(classifier.evaluate(split["x_test"], split["y_test"], verbose=0)[1])
+    run = autokeras_search.search(params)
+    records = run["records"]
     scores = [r["best_val_accuracy"] for r in records]
-    return {"test_accuracy": accuracy, "best_val_accuracy": max(common.finite(scores),
-                                                                default=None),
+    return {"test_accuracy": run["test_accuracy"],
+            "best_val_accuracy": max(common.finite(scores), default=None),
             "n_trials": len(records), "epochs_total": sum(r["epochs_run"] for r in records),
             "search_seconds": records[-1]["ended"] if records else 0.0,
-            "total_seconds": time.perf_counter() - started, "autokeras": ak.__version__,
+            "total_seconds": run["total_seconds"], "autokeras": run["version"],
             **_curve([r["ended"] for r in records], scores)}
 
 
@@ -205,7 +176,7 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
         args.budget_seconds, args.seeds, args.epochs = 1.0, args.seeds[:1], 1
     order = args.variants
     runs: dict[str, list[dict]] = {name: [] for name in order}
-    autokeras_reason = _autokeras_reason(args.autokeras_python)
+    autokeras_reason = autokeras_search.unavailable(args.autokeras_python)
     if autokeras_reason is None:
         runs["autokeras"] = []
     base = {"budget": args.budget_seconds, "epochs": args.epochs, "batch_size": 32,
@@ -230,16 +201,6 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
                 del runs["autokeras"]
     return {"params": {**base, "seeds": args.seeds}, "runs": runs,
             "summary": summarise(runs), "autokeras": autokeras_reason or "ran"}
-
-
-def _autokeras_reason(python: str | None) -> str | None:
-    """Why AutoKeras cannot run (None: it can)."""
-    if not python:
-        return ("not run: no --autokeras-python (AutoKeras needs its own virtualenv; "
-                "see benchmarks/README.md)")
-    if not Path(python).exists():
-        return f"not run: {python} does not exist"
-    return None
 
 
 def _last_line(text: str) -> str:

@@ -22,11 +22,12 @@ README = REPO / "benchmarks" / "README.md"
 MACHINE_KEYS = ("cpu", "cores_logical", "gpus", "keras_backend", "versions")
 
 
-def markers(only: list[str] | None) -> tuple[str, str]:
-    """The README markers of the whole results block, or of a block for ``only`` these."""
+def markers(only: list[str] | None, block: str | None = None) -> tuple[str, str]:
+    """The README markers of the whole results block, or of a block for ``only`` these
+    (named ``block``, else after them)."""
     if not only:
         return START, END
-    key = "+".join(only)
+    key = block or "+".join(only)
     return f"<!-- results:{key}:start -->", f"<!-- results:{key}:end -->"
 
 
@@ -116,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=NAMES,
                    help="only these benchmarks, into their own block "
                         "(<!-- results:NAME:start --> ... <!-- results:NAME:end -->)")
+    p.add_argument("--block", help="with --only: the block's name instead of NAME, for a "
+                                   "second run of a benchmark (its own --out)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     write(Path(args.readme), render(Path(args.out).resolve(), args.include_tiny, args.only),
-          *markers(args.only))
+          *markers(args.only, args.block))
     print(f"updated {args.readme}")
     return 0
 

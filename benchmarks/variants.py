@@ -161,14 +161,15 @@ def run_ours(overrides: list[str], root: str) -> dict:
     from cnnsearch.search.commands import sweep_spec, tracking_spec
     from cnnsearch.search.progress import ProgressDisplay
     from cnnsearch.search.sweep import run_sweep
-    from cnnsearch.tracking.runs import MlflowRecorder
 
     cfg = compose([*overrides, f"paths.root={root}", "sweep.resume=false"])
     spec, tracking = sweep_spec(cfg), tracking_spec(cfg)
     timeline = Timeline()
     observers: list = [timeline.first(), ProgressDisplay(Console(stderr=True))]
     started = time.perf_counter()
-    if tracking.enabled:
+    if tracking.enabled:   # MLflow imported only then: a machine may lack it
+        from cnnsearch.tracking.runs import MlflowRecorder
+
         observers.append(MlflowRecorder(tracking))
     setup = time.perf_counter() - started
     observers.append(timeline.last())

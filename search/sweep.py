@@ -338,7 +338,7 @@ def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
     result.best_val_accuracy = best_metric(best, "val_accuracy")
     _warn_if_chance_level(result.best_val_accuracy, data.y_val)
     if spec.final_fit.enabled:
-        epochs = spec.final_fit.epochs or (int(best.best_step) + 1)
+        epochs = spec.final_fit.epochs or epochs_behind(tuner.oracle, best)
         log.info("final fit: trial %s on train + validation for %d epochs, %s learning rate",
                  best.trial_id, epochs, spec.final_fit.schedule)
         x = np.concatenate([data.x_train, data.x_val])
@@ -355,6 +355,15 @@ def _final_model(tuner: SweepTuner, data: Dataset, spec: SweepSpec,
     result.test_loss, result.test_accuracy = (float(v) for v in model.evaluate(
         data.x_test, data.y_test, batch_size=spec.training.batch_size, verbose=0))
     return model
+
+
+def epochs_behind(oracle, trial) -> int:
+    """The epochs that trained ``trial``'s best weights: its best epoch and, for a
+    Hyperband trial that went on from another's best weights, the epochs behind those
+    (keras-tuner counts a trial's best step from its own first epoch)."""
+    parent = trial.hyperparameters.values.get("tuner/trial_id")
+    before = epochs_behind(oracle, oracle.get_trial(parent)) if parent else 0
+    return before + int(trial.best_step) + 1
 
 
 def _warn_if_chance_level(val_accuracy: float | None, y_val: np.ndarray) -> None:

@@ -75,6 +75,14 @@ def test_overhead_tiny_and_report(tmp_path):
     text = readme.read_text()
     assert "keep" in text and "old" not in text and "### overhead" in text
 
+    # --block: a second run of the same benchmark into a block of its own name
+    readme.write_text("<!-- results:overhead:start -->\nfirst\n<!-- results:overhead:end -->\n"
+                      "<!-- results:more:start -->\nold\n<!-- results:more:end -->\n")
+    assert report.main(["--out", str(tmp_path), "--readme", str(readme), "--include-tiny",
+                        "--only", "overhead", "--block", "more"]) == 0
+    text = readme.read_text()
+    assert "first" in text and "old" not in text and "### overhead" in text
+
 
 @pytest.mark.slow
 def test_throughput_tiny(tmp_path):
@@ -145,6 +153,34 @@ def test_scaling_tiny(tmp_path):
     assert two["efficiency"] == pytest.approx(two["speedup"] / 2)
 
 
+def test_gpu_summary_reads_nvidia_smi_lines():
+    lines = "30, 1000\n50, 3000\n70, 2000\n90, 25"   # the last one cut off by the stop
+    assert common.gpu_summary(lines) == {"gpu_utilisation": 60.0, "gpu_memory_mib": 3000.0}
+    assert common.gpu_summary("") == {}
+    with common.GpuSampler() as sampler:   # without nvidia-smi it samples nothing
+        pass
+    assert sampler.summary == {} or finite(*sampler.summary.values())
+
+
+def test_scaling_table_on_a_gpu_checks_the_best_workers_against_3x():
+    from benchmarks import scaling
+
+    runs = {f"workers{n}": [{"seconds": 100.0 / speedup, "n_trials": 16,
+                             "trials_per_hour": 576 * speedup, "search_seconds": None,
+                             "gpu_utilisation": 10.0 * n}]
+            for n, speedup in ((1, 1.0), (2, 1.9), (4, 3.2), (8, 2.9))}
+    payload = {"params": {"trials": 16, "epochs": 5, "space": "default", "repeats": 1},
+               "summary": scaling.summarise(runs)}
+    ((_, columns, rows),) = scaling.tables(payload)
+    assert columns[-1] == "GPU util %" and [row[-1] for row in rows] == ["10", "20", "40", "80"]
+    assert [row[6] for row in rows] == ["", "", ">= 3.0", ""]   # only the best is checked
+    assert rows[2][7] == "yes"   # 3.2x
+    for run in runs.values():   # on a CPU: no GPU column, the 2-worker target
+        del run[0]["gpu_utilisation"]
+    ((_, columns, rows),) = scaling.tables({**payload, "summary": scaling.summarise(runs)})
+    assert "GPU util %" not in columns and [row[6] for row in rows] == ["", ">= 1.6", "", ""]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="apt-get install dataset-fashion-mnist (.ci/run installs it)")
@@ -161,6 +197,17 @@ def test_every_benchmark_has_a_test():
     tested = {"fashion", "wholerun", "overhead", "throughput", "quality", "memory", "costs",
               "profile", "scaling"}
     assert set(NAMES) == tested
+
+
+@pytest.mark.parametrize("python", [None, "/nonexistent/bin/python"])
+def test_fashion_refuses_autokeras_without_its_python(tmp_path, monkeypatch, python):
+    from benchmarks import fashion
+
+    monkeypatch.delenv("AUTOKERAS_PYTHON", raising=False)
+    argv = ["--tiny", "--out", str(tmp_path), "--searchers", "ours", "autokeras"]
+    with pytest.raises(SystemExit, match="--searchers autokeras: not run: "):
+        fashion.main(argv + (["--autokeras-python", python] if python else []))
+    assert not (tmp_path / "logs").exists()   # refused before any searcher ran
 
 
 def test_fashion_targets_are_checked_on_the_medians():

@@ -13,8 +13,40 @@ from pathlib import Path
 import pytest
 
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.sweep import STATE_FILE, run_sweep, validate
+from cnnsearch.search.sweep import STATE_FILE, epochs_behind, run_sweep, validate
 from tests.conftest import replace
+
+# -- the final fit's length ----------------------------------------------------------
+
+
+def _trial(trial_id: str, best_step: int, parent: str | None = None):
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    if parent is not None:   # what keras-tuner's Hyperband gives a trial that goes on
+        hp.Fixed("tuner/trial_id", parent)
+    trial = kt.engine.trial.Trial(hp, trial_id=trial_id)
+    trial.best_step = best_step
+    return trial
+
+
+class _Oracle:
+    def __init__(self, *trials) -> None:
+        self.trials = {trial.trial_id: trial for trial in trials}
+
+    def get_trial(self, trial_id: str):
+        return self.trials[trial_id]
+
+
+def test_final_fit_counts_the_epochs_a_hyperband_trial_inherited():
+    # "a" was best at its 2nd epoch; "b" went on from those weights, best at its 3rd epoch
+    # of its own; "c" went on from b's best weights and was best at its 1st
+    first, second, third = _trial("a", 1), _trial("b", 2, parent="a"), _trial("c", 0, "b")
+    oracle = _Oracle(first, second, third)
+    assert epochs_behind(oracle, first) == 2
+    assert epochs_behind(oracle, second) == 2 + 3
+    assert epochs_behind(oracle, third) == 2 + 3 + 1
+
 
 # -- validation ----------------------------------------------------------------------
 
