@@ -212,6 +212,8 @@ class WorkerPool:
             try:
                 worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) did not stop within %g s: killed", worker.name,
+                            worker.process.pid, STOP_GRACE_SECONDS)
                 worker.process.kill()
                 worker.process.wait()
 

@@ -264,7 +264,12 @@ def _serve(tuner: SweepTuner, spec: SweepSpec, events: Observers,
                   max_seconds=spec.tuner.max_seconds, lost=events.trial_lost)
     tuner.save()
     chief.start()
-    return chief.serve(workers)
+    try:
+        return chief.serve(workers)
+    except BaseException:
+        if workers is not None:   # stopped before the sweep's runs are closed (see
+            workers.stop()        # MlflowRecorder.sweep_failed): they close theirs first
+        raise
 
 
 def run_worker(spec: SweepSpec, observers: list | None = None,

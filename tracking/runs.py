@@ -148,9 +148,13 @@ class MlflowRecorder:
 
     def sweep_failed(self, error: BaseException) -> None:
         status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
+        reason = f"sweep stopped: {_one_line(error)}"
         for trial_id in list(self.children):   # not the trial's failure: a resume re-runs it
-            self._end_child(trial_id, "KILLED", f"sweep stopped: {_one_line(error)}")
+            self._end_child(trial_id, "KILLED", reason)
         if self.parent_id is not None and self.owns_parent:
+            # a distributed sweep's workers have stopped: a run one of them left open
+            # (killed before it could close it) ends with the sweep
+            self._kill_running_children("", f"{reason} (its worker did not close the run)")
             self.client.set_tag(self.parent_id, TAG_REASON, _one_line(error))
             self.client.set_terminated(self.parent_id, status)
 
@@ -170,13 +174,19 @@ class MlflowRecorder:
 
     def trial_lost(self, trial_id: str, reason: str) -> None:
         """The chief lost a trial's worker: its open run ends KILLED."""
+        self._kill_running_children(f" and tags.`{TAG_TRIAL}` = '{trial_id}'",
+                                    f"worker lost: {reason}")
+
+    def _kill_running_children(self, condition: str, reason: str) -> None:
+        """End KILLED, with ``reason``, the sweep's trial runs still RUNNING that match
+        the search filter ``condition`` ("" for all)."""
         for run in self.client.search_runs(
                 [self.experiment_id],
                 filter_string=(f"tags.mlflow.parentRunId = '{self.parent_id}' and "
-                               f"tags.`{TAG_TRIAL}` = '{trial_id}' and "
-                               "attributes.status = 'RUNNING'")):
+                               f"attributes.status = 'RUNNING'{condition}"),
+                max_results=10_000):
             self.client.log_batch(run.info.run_id, tags=_tags({
-                TAG_STATUS: "killed", TAG_REASON: f"worker lost: {reason}"}))
+                TAG_STATUS: "killed", TAG_REASON: reason}))
             self.client.set_terminated(run.info.run_id, "KILLED")
 
     # -- trials ----------------------------------------------------------------

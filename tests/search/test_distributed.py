@@ -137,6 +137,20 @@ def _chief_in_a_trial(tmp_path: Path,
             os.killpg(chief.pid, signal.SIGKILL)
 
 
+def _first_trial(stderr: Path) -> tuple[int, str]:
+    """The worker number and trial id of the first trial a worker started."""
+    first = next(line for line in stderr.read_text().splitlines() if "(lr " in line)
+    return int(first.split("[worker ")[1].split("]")[0]), first.split("trial ")[1].split(":")[0]
+
+
+def _local_worker(chief: subprocess.Popen, index: int) -> psutil.Process:
+    """The chief's worker process ``worker <index>`` (numbered in start order)."""
+    workers = sorted((p for p in psutil.Process(chief.pid).children()
+                      if "distributed.role=worker" in " ".join(p.cmdline())),
+                     key=lambda p: (p.create_time(), p.pid))
+    return workers[index - 1]
+
+
 def _alive_with(text: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"])
             if text in " ".join(p.info["cmdline"] or [])]
@@ -145,13 +159,9 @@ def _alive_with(text: str) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_hands_its_trial_to_the_other(tmp_path):
     with _chief_in_a_trial(tmp_path, "training.epochs=8") as (chief, stderr):
-        first = next(line for line in stderr.read_text().splitlines() if "(lr " in line)
-        index = int(first.split("[worker ")[1].split("]")[0])
-        workers = sorted((p for p in psutil.Process(chief.pid).children()
-                          if "distributed.role=worker" in " ".join(p.cmdline())),
-                         key=lambda p: p.create_time())
+        index, _ = _first_trial(stderr)
         time.sleep(1.0)   # inside the trial's fit
-        workers[index - 1].send_signal(signal.SIGKILL)
+        _local_worker(chief, index).send_signal(signal.SIGKILL)
         assert chief.wait(timeout=600) == 0, stderr.read_text()[-3000:]
     text = stderr.read_text()
     assert "handed to another worker" in text, text[-3000:]
@@ -222,6 +232,26 @@ def test_ctrl_c_stops_the_chief_and_its_workers_and_closes_every_run(tmp_path):
     runs = store.children_of(parent.info.run_id)
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     assert not _alive_with(str(tmp_path)), "a worker outlived the chief"
+
+
+@pytest.mark.slow
+def test_a_worker_that_does_not_stop_is_killed_and_its_run_closed_by_the_chief(tmp_path):
+    with _chief_in_a_trial(tmp_path, "training.epochs=30") as (chief, stderr):
+        index, trial_id = _first_trial(stderr)
+        time.sleep(1.0)   # its recorder has opened the trial's run (the trial trains)
+        stuck = _local_worker(chief, index)   # frozen, as in a native call: it cannot
+        stuck.send_signal(signal.SIGSTOP)      # close its run
+        os.killpg(chief.pid, signal.SIGINT)
+        assert chief.wait(timeout=120) == 130, stderr.read_text()[-3000:]
+    killed = f"worker {index} (pid {stuck.pid}) did not stop within 30 s: killed"
+    assert killed in stderr.read_text()
+    store = open_experiment(tmp_path)
+    (parent,) = store.parents
+    runs = store.children_of(parent.info.run_id)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (run,) = [r for r in runs if r.data.tags["cnnsearch.trial_id"] == trial_id]
+    assert run.info.status == "KILLED"
+    assert run.data.tags["cnnsearch.reason"].endswith("(its worker did not close the run)")
 
 
 @pytest.mark.slow
