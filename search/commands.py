@@ -91,7 +91,7 @@ def sweep_command(cfg: DictConfig) -> SweepResult | None:
         return _local_workers(distributed)
     pool = None
     if distributed.enabled and distributed.role != Role.worker and distributed.workers:
-        from cnnsearch.search.distributed import WorkerPool, with_port
+        from cnnsearch.search.workers import WorkerPool, with_port
 
         # started before this process imports Keras: their start-ups overlap
         distributed = with_port(distributed)
@@ -147,7 +147,7 @@ def _run_sweep(cfg: DictConfig, distributed, pool, recorder) -> SweepResult | No
 def _local_workers(distributed) -> None:
     """``distributed.role=worker distributed.workers=N``: N worker processes here for a
     chief elsewhere, until they end."""
-    from cnnsearch.search.distributed import WorkerPool
+    from cnnsearch.search.workers import WorkerPool
 
     pool = WorkerPool(_overrides(), distributed)
     with _sigterm_as_interrupt():
@@ -418,7 +418,7 @@ class _Interrupted:
 def _sigterm_as_interrupt():
     """Treat SIGTERM like Ctrl-C, so open runs are closed as KILLED; a second signal (a
     distributed chief stopping its workers as they stop on their own Ctrl-C) does not cut
-    that short.
+    short the handling of the first, but is raised again if the first was lost.
 
     Yields:
         An observer to add last to a sweep's observers (see :class:`_Interrupted`).
@@ -426,7 +426,10 @@ def _sigterm_as_interrupt():
     received = _Interrupted()
 
     def interrupt(signum, frame):
-        if received.signum is not None:   # stopping already: let it close its runs
+        # while the first is handled (an ``except`` closes the runs), let it finish; a lost
+        # one (swallowed in a finalizer, then stuck, e.g. calling a chief that is gone)
+        # is raised again
+        if received.signum is not None and isinstance(sys.exception(), KeyboardInterrupt):
             return
         received.signum = signum
         raise KeyboardInterrupt(f"signal {signum}")

@@ -26,7 +26,6 @@ from cnnsearch.search.config import (
     TunerConfig,
 )
 from cnnsearch.search.data import Dataset, load_dataset
-from cnnsearch.search.distributed import WorkerPool
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import BEST_MODEL_FILE, Observers, SweepInfo, SweepResult
 from cnnsearch.search.hypermodel import CNNHyperModel
@@ -38,6 +37,7 @@ from cnnsearch.search.kt_internals import (
 )
 from cnnsearch.search.space import SearchSpace
 from cnnsearch.search.tuners import SweepTuner, best_metric, completed_trials, make_tuner
+from cnnsearch.search.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 

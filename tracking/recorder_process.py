@@ -225,7 +225,9 @@ def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
         if request is not None:
             pipe.send((request, first_error))
             first_error = None
-        if event == "trial_started" and logs_model and keras_loader.ident is None:
+        # a distributed chief trains no trial: it loads Keras during its final fit
+        if event in ("trial_started", "search_ended") and logs_model \
+                and keras_loader.ident is None:
             keras_loader.start()
 
 
