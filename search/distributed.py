@@ -29,7 +29,6 @@ from cnnsearch.search.config import DistributedConfig, address
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.kt_internals import (
     OracleServer,
-    drop_finished_retries,
     give_back_trial,
     ongoing_trials,
     quiet_trial_protos,
@@ -116,7 +115,6 @@ class Chief:
         if self.max_seconds is not None:
             self._deadline = time.monotonic() + self.max_seconds
         host, port = address("distributed.bind", self.spec.bind, any_port=True)
-        drop_finished_retries(self.oracle)
         self.server = OracleServer(self.oracle, host, port)
         public = socket.gethostname() if host in ("0.0.0.0", "::") else host
         log.info("chief serving trials at %s:%d", public, self.server.port)

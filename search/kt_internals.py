@@ -199,13 +199,21 @@ def _save(oracle) -> None:
 
 
 @kt.synchronized
-def drop_finished_retries(oracle) -> None:
-    """After a reload: keep out of the retry queue the trials already ended (saved as
-    running by a chief killed just after they ended)."""
-    oracle._retry_queue = [trial_id for trial_id in oracle._retry_queue
-                           if oracle.trials[trial_id].status
-                           not in (kt.engine.trial.TrialStatus.COMPLETED,
-                                   kt.engine.trial.TrialStatus.FAILED)]
+def repair_after_reload(oracle) -> None:
+    """Undo what a kill between keras-tuner's two writes of a trial (its trial.json, then
+    oracle.json) leaves behind, once the oracle is reloaded: a trial saved as ended but
+    still ongoing in oracle.json is not run again; one saved as running that oracle.json
+    never knew of (killed just after it was created) runs again, instead of counting
+    towards ``max_trials`` without ever running."""
+    status = kt.engine.trial.TrialStatus
+    queue = [trial_id for trial_id in oracle._retry_queue
+             if oracle.trials[trial_id].status not in (status.COMPLETED, status.FAILED)]
+    for trial_id in sorted(oracle.trials):
+        if oracle.trials[trial_id].status == status.RUNNING and trial_id not in queue:
+            queue.append(trial_id)
+            if trial_id not in oracle.start_order:
+                oracle.start_order.append(trial_id)
+    oracle._retry_queue = queue
 
 
 @kt.synchronized

@@ -32,6 +32,7 @@ from cnnsearch.search.hypermodel import CNNHyperModel
 from cnnsearch.search.kt_internals import (
     check_version,
     failure_stop_reason,
+    repair_after_reload,
     rpc_failure,
     same_space,
 )
@@ -153,6 +154,8 @@ def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | No
         hypermodel = CNNHyperModel(space, data.input_shape, data.num_classes, spec.training)
         tuner = make_tuner(spec.tuner, hypermodel, events, directory=str(directory),
                            project_name="tuner", overwrite=not spec.resume, seed=spec.seed)
+        if continued:
+            repair_after_reload(tuner.oracle)
         events.sweep_started(SweepInfo(
             name=spec.sweep_name, directory=str(directory), config=spec.config,
             params=spec.recorded_config,

@@ -80,7 +80,7 @@ class WorkerPool:
     for the chief at ``distributed.chief`` (role=worker) or at ``distributed.bind``.
 
     Each worker's output is relayed line by line to this process's stderr, prefixed
-    with its name; each ends with this process (:func:`follow_parent`).
+    with its name; each ends with this process (``search.distributed.follow_parent``).
     """
 
     overrides: list[str]

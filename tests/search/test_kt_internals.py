@@ -3,11 +3,18 @@ and recognises keras-tuner's failure stop."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras_tuner as kt
 import pytest
 
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.kt_internals import TESTED_VERSIONS, check_version, failure_stop_reason
+from cnnsearch.search.kt_internals import (
+    TESTED_VERSIONS,
+    check_version,
+    failure_stop_reason,
+    repair_after_reload,
+)
 from cnnsearch.search.sweep import validate
 
 
@@ -36,3 +43,59 @@ def test_failure_stop_reason_reads_keras_tuners_stop_and_nothing_else():
                                          "epoch 0")
     assert failure_stop_reason(RuntimeError("CUDA out of memory")) is None
     assert failure_stop_reason(ValueError("consecutive failures")) is None
+
+
+def _oracle(project: Path) -> kt.Oracle:
+    hps = kt.HyperParameters()
+    hps.Int("units", 1, 100)
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"),
+                                           max_trials=3, hyperparameters=hps, seed=0)
+    oracle._set_project_dir(str(project), "tuner")
+    if (project / "tuner" / "oracle.json").exists():
+        oracle.reload()
+    return oracle
+
+
+def _end(oracle: kt.Oracle, trial) -> None:
+    oracle.update_trial(trial.trial_id, {"score": 1.0})
+    trial.status = kt.engine.trial.TrialStatus.COMPLETED
+    oracle.end_trial(trial)
+
+
+def _killed_between_the_two_writes(tmp_path: Path, step) -> kt.Oracle:
+    """A project whose oracle.json is as before ``step`` and its trial files as after it
+    (keras-tuner writes the trial's file first): a kill in between. Reloaded."""
+    oracle = _oracle(tmp_path)
+    _end(oracle, oracle.create_trial("tuner0"))
+    state = tmp_path / "tuner" / "oracle.json"
+    before = state.read_bytes()
+    step(oracle)
+    state.write_bytes(before)
+    return _oracle(tmp_path)
+
+
+def test_a_trial_killed_as_it_was_created_runs_after_the_reload(tmp_path):
+    oracle = _killed_between_the_two_writes(tmp_path, lambda o: o.create_trial("tuner0"))
+    assert oracle.trials["1"].status == "RUNNING" and "1" not in oracle._retry_queue
+    repair_after_reload(oracle)
+    assert oracle._retry_queue == ["1"]   # not trial 0: ended, though saved as ongoing
+    trial = oracle.create_trial("tuner0")
+    assert trial.trial_id == "1"
+    _end(oracle, trial)
+    _end(oracle, oracle.create_trial("tuner0"))   # trial 2: max_trials=3 are all run
+    assert [t.status for t in oracle.trials.values()] == ["COMPLETED"] * 3
+
+
+def test_a_trial_killed_as_it_ended_does_not_run_again(tmp_path):
+    oracle = _oracle(tmp_path)
+    _end(oracle, oracle.create_trial("tuner0"))
+    trial = oracle.create_trial("tuner0")   # saved as ongoing in oracle.json
+    state = tmp_path / "tuner" / "oracle.json"
+    running = state.read_bytes()
+    _end(oracle, trial)
+    state.write_bytes(running)   # killed after trial.json said COMPLETED
+    oracle = _oracle(tmp_path)
+    assert oracle._retry_queue == ["1"]
+    repair_after_reload(oracle)
+    assert oracle._retry_queue == []
+    assert oracle.create_trial("tuner0").trial_id == "2"
