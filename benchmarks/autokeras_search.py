@@ -49,13 +49,13 @@ def search(params: dict) -> dict:
                                     seed=params["seed"], overwrite=True)
     tuner, records, started = classifier.tuner, [], time.perf_counter()
     on_trial_end = tuner.on_trial_end
+    epochs: dict[str, int] = {}   # trial id -> epochs run (the oracle keeps the best only)
 
     def record(trial) -> None:
         on_trial_end(trial)
         elapsed = time.perf_counter() - started
         metrics = trial.metrics
-        records.append({"ended": elapsed, "epochs_run": len(metrics.get_history("loss"))
-                        if metrics.exists("loss") else 0,
+        records.append({"ended": elapsed, "epochs_run": epochs.get(trial.trial_id, 0),
                         "best_val_accuracy": float(metrics.get_best_value("val_accuracy"))
                         if metrics.exists("val_accuracy") else None})
         if elapsed >= params["budget"]:
@@ -65,8 +65,12 @@ def search(params: dict) -> dict:
         if time.perf_counter() - started >= params["budget"]:
             model.stop_training = True
 
+    def count_epoch(trial, model, epoch, logs=None) -> None:   # keras-tuner's is a no-op
+        epochs[trial.trial_id] = epoch + 1
+
     tuner.on_trial_end = record
     tuner.on_batch_end = stop_at_budget
+    tuner.on_epoch_end = count_epoch
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                          patience=params["patience"])
     classifier.fit(x, y, validation_split=fraction, epochs=params["epochs"], callbacks=[stop],
