@@ -9,23 +9,29 @@ near-tied candidates wins, and so its own epoch count, varies with the weights'
 random start) with ``distributed.workers=1`` (the one-process sweep) and ``=2`` (a
 chief and 2 workers, one CPU thread each). Variants alternate, ``--repeats`` times.
 Reported: the median wall time, trials per hour, the speed-up over 1 worker, the
-scaling efficiency (speed-up / workers), and the search phase alone (log lines
-"starting sweep" to "final fit", 1 s resolution) with its speed-up. With an NVIDIA GPU
-(every worker on it: ``--workers 1 2 4 8``), also its mean utilisation during the run
+scaling efficiency (speed-up / workers), and the run's three phases, timed from the
+arrival of its log lines: start-up (process start to the first trial's line), trials
+(to the "final fit" line) and finish (final fit, MLflow records, exit). The trials
+phase's speed-up is what the extra workers buy; "bound" is the speed-up a sweep with N
+workers would reach if its start-up and finish cost no more than one worker's (the best
+any process design can do with these trials on this machine). With an NVIDIA GPU (every
+worker on it: ``--workers 1 2 4 8``), also its mean utilisation during the run
 (``nvidia-smi`` every 0.5 s), and the target is the best number of workers >= 3x one.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import math
+import re
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from benchmarks import common
-from benchmarks.common import REPO, Table, fmt, median, verdict
+from benchmarks.common import REPO, Table, fmt, median, ratio, verdict
 
 NAME = "scaling"
 TARGET = 1.6   # 2 workers vs 1, whole process, on this 2-core machine
@@ -43,26 +49,32 @@ def sweep(params: dict) -> dict:
                f"distributed.workers={params['workers']}", f"paths.root={root}",
                *params.get("overrides", [])]
     started = time.perf_counter()
+    stamps: dict[str, float] = {}   # phase -> seconds from start to its first log line
     with common.GpuSampler() as gpu:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        tail: deque[str] = deque(maxlen=50)
+        for line in process.stderr:
+            now = time.perf_counter() - started
+            for phase, pattern in PHASE_LINES.items():
+                if phase not in stamps and pattern.search(line):
+                    stamps[phase] = now
+            tail.append(line)
+        process.wait()
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if process.returncode != 0:
+        raise RuntimeError(f"sweep failed ({process.returncode}):\n{''.join(tail)[-3000:]}")
     trials = sum(1 for _ in (root / "sweeps").glob("*/tuner/trial_*/trial.json"))
+    first, final = stamps.get("trials"), stamps.get("finish")
     return {"seconds": seconds, "n_trials": trials, "trials_per_hour": 3600 * trials / seconds,
-            "search_seconds": _between(done.stderr, "starting sweep", "final fit:"),
-            **gpu.summary}
+            "startup_seconds": first,
+            "trials_seconds": final - first if first is not None and final else None,
+            "finish_seconds": seconds - final if final else None, **gpu.summary}
 
 
-def _between(log: str, first: str, last: str) -> float | None:
-    """Seconds between the log lines holding ``first`` and ``last`` (1 s resolution)."""
-    stamps = {}
-    for line in log.splitlines():
-        for text in (first, last):
-            if text in line and text not in stamps and line.startswith("["):
-                clock = dt.datetime.strptime(line[1:9], "%H:%M:%S")
-                stamps[text] = clock.hour * 3600 + clock.minute * 60 + clock.second
-    return stamps[last] - stamps[first] if len(stamps) == 2 else None
+# the log line that opens each phase after start-up (a worker's lines come prefixed)
+PHASE_LINES = {"trials": re.compile(r"INFO\] trial \d+: (?!score)"),
+               "finish": re.compile(r"INFO\] final fit: ")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,21 +106,22 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
             "runs": runs, "summary": summarise(runs)}
 
 
+PHASES = ("startup_seconds", "trials_seconds", "finish_seconds")
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict:
-    summary = {variant: {"seconds": median(r["seconds"] for r in results),
-                         "search_seconds": median(r.get("search_seconds") for r in results),
-                         "trials_per_hour": median(r["trials_per_hour"] for r in results),
-                         "n_trials": median(r["n_trials"] for r in results),
-                         "gpu_utilisation": median(r.get("gpu_utilisation") for r in results)}
+    summary = {variant: {key: median(r.get(key) for r in results)
+                         for key in ("seconds", "trials_per_hour", "n_trials",
+                                     "gpu_utilisation", *PHASES)}
                for variant, results in runs.items()}
-    one = summary.get("workers1", {}).get("seconds")
+    one = summary.get("workers1", {})
     for variant, s in summary.items():
         workers = int(variant.removeprefix("workers"))
-        s["speedup"] = one / s["seconds"] if one and s["seconds"] else None
-        s["efficiency"] = s["speedup"] / workers if s["speedup"] else None
-        search_one = summary.get("workers1", {}).get("search_seconds")
-        s["search_speedup"] = (search_one / s["search_seconds"]
-                               if search_one and s["search_seconds"] else None)
+        s["speedup"] = ratio(one.get("seconds"), s["seconds"])
+        s["efficiency"] = s["speedup"] / workers
+        s["trials_speedup"] = ratio(one.get("trials_seconds"), s["trials_seconds"])
+        s["bound_speedup"] = ratio(one.get("seconds"), one.get("startup_seconds", math.nan)
+                                   + s["trials_seconds"] + one.get("finish_seconds", math.nan))
     return summary
 
 
@@ -116,7 +129,7 @@ def tables(payload: dict) -> list[Table]:
     p, summary = payload["params"], payload["summary"]
     gpu = bool(common.finite(s.get("gpu_utilisation") for s in summary.values()))
     rows = []
-    best = max(summary, key=lambda v: summary[v]["speedup"] or 0.0)
+    best = max(summary, key=lambda v: summary[v]["speedup"])
     for variant, s in summary.items():
         workers = int(variant.removeprefix("workers"))
         if gpu:
@@ -127,13 +140,15 @@ def tables(payload: dict) -> list[Table]:
                      fmt(s["trials_per_hour"], 0), fmt(s["speedup"], 2),
                      fmt(s["efficiency"], 2), f">= {target}" if target else "",
                      verdict(s["speedup"], target, at_most=False) if target else "",
-                     fmt(s.get("search_seconds"), 0), fmt(s.get("search_speedup"), 2)]
+                     *(fmt(s.get(phase), 1) for phase in PHASES),
+                     fmt(s.get("trials_speedup"), 2), fmt(s.get("bound_speedup"), 2)]
                     + ([fmt(s.get("gpu_utilisation"), 0)] if gpu else []))
     title = (f"scaling: whole `cnnsearch sweep`, {p['trials']} digits trials x {p['epochs']} "
-             f"epochs, search_space={p['space']}, median of {p['repeats']} interleaved runs")
+             f"epochs, search_space={p['space']}, median of {p['repeats']} interleaved runs; "
+             "phases in seconds; bound: the speed-up with 1 worker's start-up and finish")
     return [(title, ["workers", "trials", "wall s", "trials/hour", "speed-up",
-                     "efficiency", "target", "met", "search s", "search speed-up",
-                     *(["GPU util %"] if gpu else [])], rows)]
+                     "efficiency", "target", "met", "start-up s", "trials s", "finish s",
+                     "trials speed-up", "bound", *(["GPU util %"] if gpu else [])], rows)]
 
 
 WORKERS = {f"workers{n}": sweep for n in range(1, 17)}

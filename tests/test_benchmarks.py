@@ -151,6 +151,10 @@ def test_scaling_tiny(tmp_path):
     assert one["n_trials"] == two["n_trials"] == 2
     assert one["speedup"] == 1.0 and finite(two["speedup"], two["efficiency"])
     assert two["efficiency"] == pytest.approx(two["speedup"] / 2)
+    for phases in (one, two):   # each run's log lines were stamped as they arrived
+        assert finite(phases["startup_seconds"], phases["trials_seconds"],
+                      phases["finish_seconds"])
+        assert 0 < phases["startup_seconds"] + phases["trials_seconds"] <= phases["seconds"]
 
 
 def test_gpu_summary_reads_nvidia_smi_lines():
@@ -162,11 +166,26 @@ def test_gpu_summary_reads_nvidia_smi_lines():
     assert sampler.summary == {} or finite(*sampler.summary.values())
 
 
+def test_scaling_bound_takes_one_workers_startup_and_finish():
+    from benchmarks import scaling
+
+    runs = {"workers1": [{"seconds": 60.0, "startup_seconds": 5.0, "trials_seconds": 50.0,
+                          "finish_seconds": 5.0, "n_trials": 8, "trials_per_hour": 480}],
+            "workers2": [{"seconds": 45.0, "startup_seconds": 12.0, "trials_seconds": 28.0,
+                          "finish_seconds": 5.0, "n_trials": 8, "trials_per_hour": 640}]}
+    two = scaling.summarise(runs)["workers2"]
+    assert two["speedup"] == pytest.approx(60 / 45)
+    assert two["trials_speedup"] == pytest.approx(50 / 28)
+    assert two["bound_speedup"] == pytest.approx(60 / (5 + 28 + 5))
+    del runs["workers2"][0]["trials_seconds"]   # a run whose log lacked the line
+    assert math.isnan(scaling.summarise(runs)["workers2"]["bound_speedup"])
+
+
 def test_scaling_table_on_a_gpu_checks_the_best_workers_against_3x():
     from benchmarks import scaling
 
     runs = {f"workers{n}": [{"seconds": 100.0 / speedup, "n_trials": 16,
-                             "trials_per_hour": 576 * speedup, "search_seconds": None,
+                             "trials_per_hour": 576 * speedup,
                              "gpu_utilisation": 10.0 * n}]
             for n, speedup in ((1, 1.0), (2, 1.9), (4, 3.2), (8, 2.9))}
     payload = {"params": {"trials": 16, "epochs": 5, "space": "default", "repeats": 1},
