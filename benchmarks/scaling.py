@@ -12,7 +12,9 @@ Reported: the median wall time, trials per hour, the speed-up over 1 worker, the
 scaling efficiency (speed-up / workers), and the run's three phases, timed from the
 arrival of its log lines: start-up (process start to the first trial's line), trials
 (to the "final fit" line) and finish (final fit, MLflow records, exit). The trials
-phase's speed-up is what the extra workers buy; "bound" is the speed-up a sweep with N
+phase's speed-up is what the extra workers buy; "trial s summed" adds up every trial's
+own time (its "score" line), so it grows when trials side by side slow each other
+down; "bound" is the speed-up a sweep with N
 workers would reach if its start-up and finish cost no more than one worker's (the best
 any process design can do with these trials on this machine). With an NVIDIA GPU (every
 worker on it: ``--workers 1 2 4 8``), also its mean utilisation during the run
@@ -50,6 +52,7 @@ def sweep(params: dict) -> dict:
                *params.get("overrides", [])]
     started = time.perf_counter()
     stamps: dict[str, float] = {}   # phase -> seconds from start to its first log line
+    trial_seconds = 0.0   # each trial's own time, as its "score" line gives it
     with common.GpuSampler() as gpu:
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
@@ -59,6 +62,8 @@ def sweep(params: dict) -> dict:
             for phase, pattern in PHASE_LINES.items():
                 if phase not in stamps and pattern.search(line):
                     stamps[phase] = now
+            if ended := TRIAL_ENDED.search(line):
+                trial_seconds += float(ended[1])
             tail.append(line)
         process.wait()
     seconds = time.perf_counter() - started
@@ -69,12 +74,14 @@ def sweep(params: dict) -> dict:
     return {"seconds": seconds, "n_trials": trials, "trials_per_hour": 3600 * trials / seconds,
             "startup_seconds": first,
             "trials_seconds": final - first if first is not None and final else None,
-            "finish_seconds": seconds - final if final else None, **gpu.summary}
+            "finish_seconds": seconds - final if final else None,
+            "trial_seconds": trial_seconds, **gpu.summary}
 
 
 # the log line that opens each phase after start-up (a worker's lines come prefixed)
 PHASE_LINES = {"trials": re.compile(r"INFO\] trial \d+: (?!score)"),
                "finish": re.compile(r"INFO\] final fit: ")}
+TRIAL_ENDED = re.compile(r"INFO\] trial \d+: score .* after \d+ epochs \(([\d.]+)s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +119,7 @@ PHASES = ("startup_seconds", "trials_seconds", "finish_seconds")
 def summarise(runs: dict[str, list[dict]]) -> dict:
     summary = {variant: {key: median(r.get(key) for r in results)
                          for key in ("seconds", "trials_per_hour", "n_trials",
-                                     "gpu_utilisation", *PHASES)}
+                                     "gpu_utilisation", "trial_seconds", *PHASES)}
                for variant, results in runs.items()}
     one = summary.get("workers1", {})
     for variant, s in summary.items():
@@ -141,14 +148,17 @@ def tables(payload: dict) -> list[Table]:
                      fmt(s["efficiency"], 2), f">= {target}" if target else "",
                      verdict(s["speedup"], target, at_most=False) if target else "",
                      *(fmt(s.get(phase), 1) for phase in PHASES),
-                     fmt(s.get("trials_speedup"), 2), fmt(s.get("bound_speedup"), 2)]
+                     fmt(s.get("trials_speedup"), 2), fmt(s.get("trial_seconds"), 1),
+                     fmt(s.get("bound_speedup"), 2) if workers > 1 else ""]
                     + ([fmt(s.get("gpu_utilisation"), 0)] if gpu else []))
     title = (f"scaling: whole `cnnsearch sweep`, {p['trials']} digits trials x {p['epochs']} "
              f"epochs, search_space={p['space']}, median of {p['repeats']} interleaved runs; "
-             "phases in seconds; bound: the speed-up with 1 worker's start-up and finish")
+             "phases in seconds; trial s summed: every trial's own time added up; "
+             "bound: the speed-up with 1 worker's start-up and finish")
     return [(title, ["workers", "trials", "wall s", "trials/hour", "speed-up",
                      "efficiency", "target", "met", "start-up s", "trials s", "finish s",
-                     "trials speed-up", "bound", *(["GPU util %"] if gpu else [])], rows)]
+                     "trials speed-up", "trial s summed", "bound",
+                     *(["GPU util %"] if gpu else [])], rows)]
 
 
 WORKERS = {f"workers{n}": sweep for n in range(1, 17)}

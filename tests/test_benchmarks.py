@@ -155,6 +155,7 @@ def test_scaling_tiny(tmp_path):
         assert finite(phases["startup_seconds"], phases["trials_seconds"],
                       phases["finish_seconds"])
         assert 0 < phases["startup_seconds"] + phases["trials_seconds"] <= phases["seconds"]
+        assert 0 < phases["trial_seconds"] <= 2 * phases["trials_seconds"]
 
 
 def test_gpu_summary_reads_nvidia_smi_lines():
@@ -179,6 +180,20 @@ def test_scaling_bound_takes_one_workers_startup_and_finish():
     assert two["bound_speedup"] == pytest.approx(60 / (5 + 28 + 5))
     del runs["workers2"][0]["trials_seconds"]   # a run whose log lacked the line
     assert math.isnan(scaling.summarise(runs)["workers2"]["bound_speedup"])
+
+
+def test_scaling_reads_the_phases_from_the_sweeps_log_lines():
+    from benchmarks import scaling
+
+    lines = ["[22:34:56 INFO] chief serving trials at 127.0.0.1:32941",
+             "[worker 1] [22:34:57 INFO] trial 0: 8x8x1 | 32c3s1-max2 | flatten-d128 | 10",
+             "[worker 1] [22:35:04 INFO] trial 0: score 0.9722 after 20 epochs (7.2s, RSS "
+             "787 MB); best so far 0.9722; elapsed 10s",
+             "[22:35:26 INFO] final fit: trial 4 on train + validation for 10 epochs"]
+    opens = [[phase for phase, pattern in scaling.PHASE_LINES.items() if pattern.search(line)]
+             for line in lines]
+    assert opens == [[], ["trials"], [], ["finish"]]
+    assert [float(m[1]) for line in lines if (m := scaling.TRIAL_ENDED.search(line))] == [7.2]
 
 
 def test_scaling_table_on_a_gpu_checks_the_best_workers_against_3x():
