@@ -90,13 +90,14 @@ def sweep_command(cfg: DictConfig) -> SweepResult | None:
     if distributed.role == Role.worker and distributed.workers > 1:
         return _local_workers(distributed)
     pool = None
-    if distributed.enabled and distributed.role != Role.worker and distributed.workers:
-        from cnnsearch.search.workers import WorkerPool, with_port
+    if distributed.enabled and distributed.role != Role.worker:
+        from cnnsearch.search.workers import WorkerPool, check_listen, with_port
 
-        # started before this process imports Keras: their start-ups overlap
-        distributed = with_port(distributed)
-        pool = WorkerPool(_overrides(), distributed)
-        pool.start()
+        check_listen(distributed)   # a port in use: one line, nothing touched yet
+        if distributed.workers:   # started before this process imports Keras
+            distributed = with_port(distributed)   # their start-ups overlap
+            pool = WorkerPool(_overrides(), distributed)
+            pool.start()
     try:
         return _sweep(cfg, distributed, pool)
     finally:

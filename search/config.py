@@ -322,6 +322,12 @@ def address(key: str, text: str, any_port: bool = False) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def cannot_listen(host: str, port: int) -> UserError:
+    """The one line for a chief that cannot listen at ``distributed.bind``."""
+    return UserError(f"distributed.bind={host}:{port}: the chief cannot listen there "
+                     "(port in use, or not an address of this host)")
+
+
 @dataclass
 class Config:
     seed: int = 0

@@ -25,6 +25,7 @@ from keras_tuner.src.distribute.oracle_chief import OracleServicer
 from keras_tuner.src.engine.conditions import Parent
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch, TunerCallback
 
+from cnnsearch.search.config import cannot_listen
 from cnnsearch.search.errors import UserError, disk_full
 
 TESTED_VERSIONS = ("1.4.8",)
@@ -174,8 +175,7 @@ class OracleServer:
         except RuntimeError:
             self.port = 0
         if not self.port:
-            raise UserError(f"distributed.bind={host}:{port}: the chief cannot listen there "
-                            "(port in use, or not an address of this host)")
+            raise cannot_listen(host, port)
         self.server.start()
 
     def stop(self) -> None:

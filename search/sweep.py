@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +48,7 @@ from cnnsearch.search.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 STATE_FILE = "sweep.json"
+LOCK_FILE = ".cnnsearch.lock"   # held by the process running the sweep (flock)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -137,14 +143,22 @@ def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | No
         The result summary and the final model.
 
     Raises:
-        UserError: bad configuration, a changed space on resume, no feasible
-            candidate, or a search stopped by consecutive failures.
+        UserError: bad configuration, a changed space on resume, the sweep running in
+            another process, no feasible candidate, or a search stopped by consecutive
+            failures.
     """
     space = validate(spec)
     events = Observers(observers or [])
     if data is None:
         data = load_dataset(spec.data, spec.seed)
-    directory, continued = _prepare_directory(spec)
+    with _sweep_folder(spec) as (directory, continued):
+        return _search_and_fit(spec, space, events, data, workers, directory, continued)
+
+
+def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data: Dataset,
+                    workers: WorkerPool | None, directory: Path,
+                    continued: bool) -> tuple[SweepResult, keras.Model]:
+    """``run_sweep`` once the sweep's folder is this process's."""
     keras.utils.set_random_seed(spec.seed)
     policy = keras.config.dtype_policy()
     if spec.training.mixed_precision:
@@ -192,19 +206,42 @@ def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | No
         keras.config.set_dtype_policy(policy)
 
 
-def _prepare_directory(spec: SweepSpec) -> tuple[Path, bool]:
-    """Create (or check, on resume) the sweep's folder and its recorded space hash;
-    returns the folder and whether it continues an earlier start of the sweep.
+@contextmanager
+def _sweep_folder(spec: SweepSpec) -> Iterator[tuple[Path, bool]]:
+    """Create (or check, on resume) the sweep's folder and hold it for this process until
+    the sweep ends; yields the folder and whether it continues an earlier start.
 
     The state file, written first, marks a folder as cnnsearch's: a fresh start
     (``sweep.resume=false``) empties only such a folder, and a non-empty folder
-    without it is refused, never touched.
+    without it is refused, never touched. The lock (``LOCK_FILE``, flock) stops a second
+    start of a running sweep (another terminal, a requeued job) in one line, before it
+    touches the sweep's files or runs; the system drops it with the process, so a
+    killed sweep resumes.
     """
     directory = spec.directory
-    state = _read_state(directory)
-    if state is None and directory.exists() and any(directory.iterdir()):
+    if _read_state(directory) is None and directory.exists() \
+            and any(p.name != LOCK_FILE for p in directory.iterdir()):
         raise UserError(f"{directory} exists and is not a cnnsearch sweep folder; nothing was "
                         "changed there: choose another sweep.name or paths.root")
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise UserError(f"sweep {directory.name!r} is running in another process "
+                            f"({lock.read().strip() or 'unknown'}); wait for it to end, or "
+                            "give this one another sweep.name") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        yield directory, _start(spec, directory)
+
+
+def _start(spec: SweepSpec, directory: Path) -> bool:
+    """Continue the sweep in ``directory`` or start it afresh (emptied but for the lock);
+    returns whether it continues."""
+    state = _read_state(directory)
     continued = state is not None and spec.resume
     if continued:
         if state.get("space_hash") != spec.space_hash:
@@ -213,12 +250,17 @@ def _prepare_directory(spec: SweepSpec) -> tuple[Path, bool]:
                 "search space or data set; use sweep.resume=false to start it afresh or "
                 "sweep.name=<new name> for a new sweep")
     elif state is not None:
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+        for path in directory.iterdir():
+            if path.name == LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     (directory / STATE_FILE).write_text(json.dumps(
         {"name": spec.sweep_name, "space_hash": spec.space_hash, "config": spec.config},
         indent=2, default=str))
-    return directory, continued
+    return continued
 
 
 def _read_state(directory: Path) -> dict | None:

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from cnnsearch.search.config import DistributedConfig, Role, address
+from cnnsearch.search.config import DistributedConfig, Role, address, cannot_listen
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,22 @@ def worker_env(index: int, workers: int, gpus: list[str], workers_per_gpu: int,
         env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"   # jax: allocate as needed
     return env
+
+
+def check_listen(spec: DistributedConfig) -> None:
+    """Fail now, in one line, when the chief could not listen at ``distributed.bind``
+    (a port in use, e.g. by this sweep's chief started twice): before any worker, record
+    or file of the sweep is touched. Port 0 (any free port) always can."""
+    host, port = address("distributed.bind", spec.bind, any_port=True)
+    if not port:
+        return
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gRPC does
+            sock.bind(where)
+    except OSError:
+        raise cannot_listen(host, port) from None
 
 
 def with_port(spec: DistributedConfig) -> DistributedConfig:

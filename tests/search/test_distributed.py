@@ -23,7 +23,7 @@ import pytest
 
 from cnnsearch.search.config import DistributedConfig, Role, address
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.workers import worker_env
+from cnnsearch.search.workers import check_listen, worker_env
 from tests.conftest import error_lines
 from tests.tracking.conftest import open_experiment, run_cli, start_cli, wait_for_text
 
@@ -183,16 +183,45 @@ def test_a_worker_without_a_chief_fails_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.slow
-def test_a_port_in_use_fails_in_one_line(tmp_path):
-    with socket.socket() as taken:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_port_in_use_fails_in_one_line_before_anything_is_written(tmp_path, workers):
+    with socket.socket() as taken:   # e.g. this chief's command, already running
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = run_cli(*SWEEP, *SHORT, f"paths.root={tmp_path}", "distributed.role=chief",
-                       f"distributed.bind=127.0.0.1:{port}", "distributed.workers=0")
+                       f"distributed.bind=127.0.0.1:{port}", f"distributed.workers={workers}")
     assert done.returncode == 2, done.stderr[-3000:]
-    assert "the chief cannot listen there (port in use" in error_lines(done.stderr)[-1]
+    assert error_lines(done.stderr) == [f"cnnsearch: error: distributed.bind=127.0.0.1:{port}: "
+                                        "the chief cannot listen there (port in use, or not "
+                                        "an address of this host)"]
+    assert "[worker" not in done.stderr and not any(tmp_path.iterdir())   # no store, no sweep
+
+
+def test_a_free_port_or_any_port_passes_the_listen_check():
+    check_listen(DistributedConfig(role=Role.chief, bind=f"127.0.0.1:{_free_port()}"))
+    check_listen(DistributedConfig(role=Role.chief, bind="127.0.0.1:0"))
+    with pytest.raises(UserError, match=r"^distributed\.bind=192\.0\.2\.1:\d+: the chief "
+                                        r"cannot listen there"):   # not this host's address
+        check_listen(DistributedConfig(role=Role.chief, bind=f"192.0.2.1:{_free_port()}"))
+
+
+@pytest.mark.slow
+def test_the_same_sweep_started_twice_leaves_the_running_one_alone(tmp_path):
+    # a requeued job, or the command run again in another terminal, while the sweep runs
+    with _chief_in_a_trial(tmp_path, "training.epochs=8") as (chief, stderr):
+        again = run_cli(*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2",
+                        "data.limit=1000", "training.epochs=8")
+        assert again.returncode == 2, again.stderr[-3000:]
+        assert error_lines(again.stderr)[-1] == (
+            f"cnnsearch: error: sweep 'two' is running in another process (pid {chief.pid} "
+            f"on {socket.gethostname()}); wait for it to end, or give this one another "
+            "sweep.name")
+        assert "Traceback" not in again.stderr
+        assert chief.wait(timeout=600) == 0, stderr.read_text()[-3000:]
+    children = _check_one_parent_six_trials(tmp_path)
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert not _alive_with(str(tmp_path)), "a worker outlived its sweep"
 
 
 @pytest.mark.slow

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.sweep import STATE_FILE, epochs_behind, run_sweep, validate
+from cnnsearch.search.sweep import LOCK_FILE, STATE_FILE, epochs_behind, run_sweep, validate
 from tests.conftest import replace
 
 # -- the final fit's length ----------------------------------------------------------
@@ -118,6 +120,28 @@ def test_a_fresh_start_empties_only_its_own_sweep_folder(make_spec, tmp_path):
     run_sweep(replace(spec, resume=False))
     assert not leftover.exists()
     assert (tmp_path / "sweeps" / "mine" / STATE_FILE).exists()
+
+
+def test_a_sweep_running_in_another_process_is_refused_untouched(make_spec, tmp_path):
+    spec = make_spec(name="mine", tuner={"max_trials": 1}, final_fit={"enabled": False})
+    run_sweep(spec)
+    before = sorted(p.relative_to(spec.directory) for p in spec.directory.rglob("*"))
+    # another process holds the sweep (flock: a second open file conflicts as one would)
+    lock = spec.directory / LOCK_FILE
+    with open(lock, "a+") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write_text("pid 12345 on elsewhere")
+        for again in (spec, replace(spec, resume=False)):   # neither resumes nor empties
+            with pytest.raises(UserError, match=r"^sweep 'mine' is running in another "
+                                                r"process \(pid 12345 on elsewhere\); wait"):
+                run_sweep(again)
+        assert sorted(p.relative_to(spec.directory)
+                      for p in spec.directory.rglob("*")) == before
+    result, _ = run_sweep(replace(spec, tuner={"max_trials": 2}))   # free again: resumes
+    assert result.n_completed == 2
+    assert lock.read_text() == f"pid {os.getpid()} on {socket.gethostname()}"
+    result, _ = run_sweep(replace(spec, resume=False))   # a fresh start keeps only the lock
+    assert result.n_completed == 1 and lock.exists()
 
 
 def test_resume_runs_only_the_missing_trials(make_spec, recorder):
