@@ -239,8 +239,8 @@ def _sweep_folder(spec: SweepSpec) -> Iterator[tuple[Path, bool]]:
 
 
 def _start(spec: SweepSpec, directory: Path) -> bool:
-    """Continue the sweep in ``directory`` or start it afresh (emptied but for the lock);
-    returns whether it continues."""
+    """Continue the sweep in ``directory`` or start it afresh (emptied but for the lock
+    and the state file, rewritten next); returns whether it continues."""
     state = _read_state(directory)
     continued = state is not None and spec.resume
     if continued:
@@ -249,9 +249,9 @@ def _start(spec: SweepSpec, directory: Path) -> bool:
                 f"sweep {spec.sweep_name!r} in {directory} was started with a different "
                 "search space or data set; use sweep.resume=false to start it afresh or "
                 "sweep.name=<new name> for a new sweep")
-    elif state is not None:
+    elif state is not None:   # the state file, kept to the last, still marks it ours
         for path in directory.iterdir():
-            if path.name == LOCK_FILE:
+            if path.name in (LOCK_FILE, STATE_FILE):
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
