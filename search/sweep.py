@@ -232,9 +232,13 @@ def _sweep_folder(spec: SweepSpec) -> Iterator[tuple[Path, bool]]:
             raise UserError(f"sweep {directory.name!r} is running in another process "
                             f"({lock.read().strip() or 'unknown'}); wait for it to end, or "
                             "give this one another sweep.name") from None
-        lock.truncate(0)
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        lock.flush()
+        except OSError as error:   # a file system without flock (Lustre mounted without it)
+            log.warning("cannot lock %s (%s): nothing stops a second start of this sweep "
+                        "while it runs", directory, error)
+        else:
+            lock.truncate(0)
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            lock.flush()
         yield directory, _start(spec, directory)
 
 

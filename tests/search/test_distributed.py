@@ -209,18 +209,24 @@ def test_a_free_port_or_any_port_passes_the_listen_check():
 @pytest.mark.slow
 def test_the_same_sweep_started_twice_leaves_the_running_one_alone(tmp_path):
     # a requeued job, or the command run again in another terminal, while the sweep runs
-    with _chief_in_a_trial(tmp_path, "training.epochs=8") as (chief, stderr):
+    args = ["training.epochs=300", "training.early_stopping_patience=null"]   # minutes
+    with _chief_in_a_trial(tmp_path, *args) as (chief, stderr):
         again = run_cli(*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2",
-                        "data.limit=1000", "training.epochs=8")
+                        "data.limit=1000", *args)
+        assert chief.poll() is None, "the first sweep ended before the second started"
         assert again.returncode == 2, again.stderr[-3000:]
         assert error_lines(again.stderr)[-1] == (
             f"cnnsearch: error: sweep 'two' is running in another process (pid {chief.pid} "
             f"on {socket.gethostname()}); wait for it to end, or give this one another "
             "sweep.name")
         assert "Traceback" not in again.stderr
-        assert chief.wait(timeout=600) == 0, stderr.read_text()[-3000:]
-    children = _check_one_parent_six_trials(tmp_path)
-    assert {c.info.status for c in children} == {"FINISHED"}
+        store = open_experiment(tmp_path)   # the running sweep's records, untouched
+        (parent,) = store.parents
+        assert parent.info.status == "RUNNING"
+        runs = store.children_of(parent.info.run_id)
+        assert runs and {r.info.status for r in runs} <= {"RUNNING", "FINISHED"}
+        os.killpg(chief.pid, signal.SIGINT)   # and it still stops as it should
+        assert chief.wait(timeout=120) == 130, stderr.read_text()[-3000:]
     assert not _alive_with(str(tmp_path)), "a worker outlived its sweep"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -142,6 +143,17 @@ def test_a_sweep_running_in_another_process_is_refused_untouched(make_spec, tmp_
     assert lock.read_text() == f"pid {os.getpid()} on {socket.gethostname()}"
     result, _ = run_sweep(replace(spec, resume=False))   # a fresh start keeps only the lock
     assert result.n_completed == 1 and lock.exists()
+
+
+def test_a_file_system_without_locks_runs_the_sweep_and_says_so(make_spec, monkeypatch,
+                                                                caplog):
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    result, _ = run_sweep(make_spec(tuner={"max_trials": 1}, final_fit={"enabled": False}))
+    assert result.n_completed == 1
+    assert "No locks available): nothing stops a second start of this sweep" in caplog.text
 
 
 def test_resume_runs_only_the_missing_trials(make_spec, recorder):
