@@ -141,7 +141,7 @@ def test_a_sweep_running_in_another_process_is_refused_untouched(make_spec, tmp_
     result, _ = run_sweep(replace(spec, tuner={"max_trials": 2}))   # free again: resumes
     assert result.n_completed == 2
     assert lock.read_text() == f"pid {os.getpid()} on {socket.gethostname()}"
-    result, _ = run_sweep(replace(spec, resume=False))   # a fresh start keeps only the lock
+    result, _ = run_sweep(replace(spec, resume=False))   # a fresh start keeps the lock
     assert result.n_completed == 1 and lock.exists()
 
 
