@@ -13,12 +13,12 @@ scaling efficiency (speed-up / workers), and the run's three phases, timed from 
 arrival of its log lines: start-up (process start to the first trial's line), trials
 (to the "final fit" line) and finish (final fit, MLflow records, exit). The trials
 phase's speed-up is what the extra workers buy; "trial s summed" adds up every trial's
-own time (its "score" line), so it grows when trials side by side slow each other
-down; "bound" is the speed-up a sweep with N
-workers would reach if its start-up and finish cost no more than one worker's (the best
-any process design can do with these trials on this machine). With an NVIDIA GPU (every
-worker on it: ``--workers 1 2 4 8``), also its mean utilisation during the run
-(``nvidia-smi`` every 0.5 s), and the target is the best number of workers >= 3x one.
+own time (its "score" line), so it grows when trials side by side slow each other down;
+"bound" is the speed-up a sweep with N workers would reach if its start-up and finish
+cost no more than one worker's (the best any way of starting the workers can do with
+these trials on this machine). With an NVIDIA GPU (every worker on it: ``--workers 1 2
+4 8``), also its mean utilisation during the run (``nvidia-smi`` every 0.5 s), and the
+target is the best number of workers >= 3x one.
 """
 
 from __future__ import annotations

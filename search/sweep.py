@@ -254,6 +254,10 @@ def _start(spec: SweepSpec, directory: Path) -> bool:
                 "search space or data set; use sweep.resume=false to start it afresh or "
                 "sweep.name=<new name> for a new sweep")
     elif state is not None:   # the state file, kept to the last, still marks it ours
+        if directory.is_symlink():   # its entries lie outside paths.root
+            raise UserError(f"{directory} is a link to {directory.readlink()}; "
+                            "sweep.resume=false empties only a folder under paths.root, "
+                            "nothing was deleted: remove the link or choose another sweep.name")
         for path in directory.iterdir():
             if path.name in (LOCK_FILE, STATE_FILE):
                 continue

@@ -123,6 +123,23 @@ def test_a_fresh_start_empties_only_its_own_sweep_folder(make_spec, tmp_path):
     assert (tmp_path / "sweeps" / "mine" / STATE_FILE).exists()
 
 
+def test_a_fresh_start_never_empties_a_linked_sweep_folder(make_spec, tmp_path):
+    elsewhere = tmp_path / "elsewhere"   # e.g. a bigger disk, outside paths.root
+    spec = make_spec(name="mine", root=str(tmp_path / "out"), tuner={"max_trials": 1},
+                     final_fit={"enabled": False})
+    run_sweep(replace(spec, root=str(elsewhere)))   # a real sweep folder there, then linked
+    spec.directory.parent.mkdir(parents=True)
+    spec.directory.symlink_to(elsewhere / "sweeps" / "mine")
+    before = sorted(p.name for p in spec.directory.iterdir())
+    with pytest.raises(UserError, match=r"is a link to .*elsewhere/sweeps/mine; "
+                                        r"sweep\.resume=false empties only a folder under "
+                                        r"paths\.root, nothing was deleted"):
+        run_sweep(replace(spec, resume=False))
+    assert sorted(p.name for p in spec.directory.iterdir()) == before
+    result, _ = run_sweep(replace(spec, tuner={"max_trials": 2}))   # resuming there is fine
+    assert result.n_completed == 2
+
+
 def test_a_sweep_running_in_another_process_is_refused_untouched(make_spec, tmp_path):
     spec = make_spec(name="mine", tuner={"max_trials": 1}, final_fit={"enabled": False})
     run_sweep(spec)
