@@ -26,3 +26,9 @@ def disk_full(error: BaseException) -> str | None:
                     "stopped)")
         error = error.__cause__ or error.__context__
     return None
+
+
+class SweepStopped(UserError):
+    """Raised by an observer that cannot go on (its MLflow recorder is lost): the sweep
+    stops in one line and its running trial is handed back (a resume runs it again), not
+    counted as failed."""

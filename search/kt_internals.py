@@ -26,7 +26,7 @@ from keras_tuner.src.engine.conditions import Parent
 from keras_tuner.src.engine.tuner_utils import SaveBestEpoch, TunerCallback
 
 from cnnsearch.search.config import cannot_listen
-from cnnsearch.search.errors import UserError, disk_full
+from cnnsearch.search.errors import SweepStopped, UserError, disk_full
 
 TESTED_VERSIONS = ("1.4.8",)
 
@@ -85,12 +85,21 @@ class TunerHooks:
     def adapt_callback(self, callback, trial_id: str):
         return callback
 
+    def _try_run_and_update_trial(self, trial, *args, **kwargs):
+        try:
+            return super()._try_run_and_update_trial(trial, *args, **kwargs)
+        except _HandBack as wrapper:   # the sweep stops as the observer said, in its words
+            raise wrapper.__cause__ from None
+
     def _run_and_update_trial(self, trial, *args, **kwargs):
         try:
             return super()._run_and_update_trial(trial, *args, **kwargs)
         except Exception as error:
-            if message := disk_full(error):   # not the trial's fault: a resume re-runs it
+            # not the trial's fault: the trial stays running, so a resume runs it again
+            if message := disk_full(error):
                 raise kt.errors.FatalError(message) from error
+            if isinstance(error, SweepStopped):
+                raise _HandBack() from error
             raise
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
@@ -102,6 +111,10 @@ class TunerHooks:
         # The hypermodel's declare_hyperparameters already registered every conditional
         # hyperparameter; keras-tuner would otherwise build a model per condition.
         pass
+
+
+class _HandBack(kt.errors.FatalError):
+    """Carries a ``SweepStopped`` through keras-tuner's trial error handling."""
 
 
 def is_best_epoch_checkpoint(callback) -> bool:

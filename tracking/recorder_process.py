@@ -15,7 +15,9 @@ event down a pipe and goes on; these calls wait for the recorder:
 - ``sweep_ended``: the model is logged and every run closed before the command ends;
 - ``sweep_failed``: the runs are closed (KILLED or FAILED).
 
-An error while recording is raised in the sweep at the next of these. The recorder
+An error while recording is raised in the sweep at the next of these; until then the
+recorder writes nothing more but the sweep's end (a server that failed once is not
+waited on again). A recorder that dies is restarted (see :class:`RecorderProcess`). It
 ignores Ctrl-C and SIGTERM (the sweep tells it how it ended); if the sweep's process
 dies without a word, its end of the pipe closes and the recorder closes the runs it
 opened KILLED (a distributed worker's runs are left to its chief). The recorder sees no
@@ -25,9 +27,12 @@ the final model from the file the sweep saved (``search.events.BEST_MODEL_FILE``
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import shutil
@@ -38,15 +43,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from cnnsearch.search.errors import disk_full
+import psutil
+
+from cnnsearch.search.errors import SweepStopped, disk_full
 from cnnsearch.search.events import BEST_MODEL_FILE
 from cnnsearch.tracking.config import TrackingConfig, TrackingError
 from cnnsearch.tracking.environment import environment_tags
 
 log = logging.getLogger(__name__)
 
+
+class RecorderLost(TrackingError, SweepStopped):
+    """The MLflow recorder process keeps dying: the sweep stops (a resume goes on)."""
+
 STOP = "stop"
 ENDINGS = ("sweep_ended", "sweep_failed", STOP)
+MAX_RESTARTS = 3   # deaths of the recorder in a row, no new event recorded in between
 # the recorder's own Keras (for the model's flavour) stays off the GPUs and on one thread
 QUIET_KERAS = {"CUDA_VISIBLE_DEVICES": "-1", "JAX_PLATFORMS": "cpu",
                "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
@@ -54,6 +66,14 @@ QUIET_KERAS = {"CUDA_VISIBLE_DEVICES": "-1", "JAX_PLATFORMS": "cpu",
 
 class RecorderProcess:
     """A sweep observer that hands every event to an ``MlflowRecorder`` in a child process.
+
+    The child acknowledges each event once it is recorded, with the runs it holds open.
+    A child that dies (the OOM killer's first pick, with Keras loaded) is noticed at
+    once, by a watching thread or by the pipe, and restarted: the new child takes over
+    the open runs, deletes a run the dead one had begun but not acknowledged, and is sent
+    again every event not acknowledged, so nothing is lost and nothing recorded twice.
+    After ``MAX_RESTARTS`` deaths in a row with no new event recorded, the sweep stops in
+    one line (``RecorderLost``), its running trial handed back, not failed.
 
     Args:
         spec: where and under which names to record.
@@ -64,15 +84,23 @@ class RecorderProcess:
 
     def __init__(self, spec: TrackingConfig, configure_logging: Callable[[], None],
                  logs_model: bool = True) -> None:
-        context = multiprocessing.get_context("spawn")   # no copy of a process running TF
-        self._pipe, child = context.Pipe()
-        self._process = context.Process(
-            target=_serve, args=(child, spec, configure_logging, logs_model),
-            name="cnnsearch-mlflow", daemon=True)
-        self._process.start()
-        child.close()
+        self._args = (spec, configure_logging, logs_model)
+        self._lock = threading.RLock()   # the pipe and the child, for the watcher too
         self._ids = itertools.count()
-        self._ended = False
+        self._unacked: dict[int, tuple[str, tuple, bool]] = {}   # in the order sent
+        self._replies: dict[int, str | None] = {}
+        self._state: dict | None = None   # the child's open runs, as last acknowledged
+        self._dead: list[tuple[int, float]] = []   # (pid, start time) of dead children
+        self._opened = False
+        self._ended = False    # an ending was acknowledged: the child exits by itself
+        self._deaths = 0       # in a row, with no new event recorded in between
+        self._first_new = 0    # id of the first event sent after the latest restart
+        self.lost: str | None = None   # why recording gave up
+        self._leaving = False  # this process ends: its child must not be restarted
+        self._spawn()
+        atexit.register(self._leave)   # runs before multiprocessing joins its children
+        threading.Thread(target=self._watch, name="cnnsearch-mlflow-watch",
+                         daemon=True).start()
 
     def check(self) -> None:
         """Wait until the child has MLflow loaded and any existing store open.
@@ -89,12 +117,24 @@ class RecorderProcess:
             TrackingError: the store cannot be used (its one-line reason).
         """
         self._raise(self._call("open"))
+        self._opened = True
 
     def close(self) -> None:
         """End the child if no sweep ending did (an error before the sweep started)."""
-        if not self._ended and self._process.is_alive():
-            self._call(STOP)
-        self._process.join(timeout=60)
+        with self._lock:
+            if not self._ended and self.lost is None and self._process.is_alive():
+                self._call(STOP)
+            self._leaving = True
+            process = self._process
+        process.join(timeout=60)
+        atexit.unregister(self._leave)
+
+    def _leave(self) -> None:
+        """This process exits without ``close``: its end of the pipe closes, as when it is
+        killed, so the child closes the runs it opened and exits (it ignores SIGTERM)."""
+        with self._lock:
+            self._leaving = True
+            self._pipe.close()
 
     # -- events ----------------------------------------------------------------
 
@@ -137,30 +177,130 @@ class RecorderProcess:
 
     # -- the pipe --------------------------------------------------------------
 
-    def _send(self, event: str, *args, request: int | None = None) -> None:
-        try:
-            self._pipe.send((event, args, request))
-        except OSError:
-            raise TrackingError("the MLflow recorder process ended unexpectedly") from None
+    def _send(self, event: str, *args, reply: bool = False) -> int:
+        """Queue an event for the child (sent again to a restarted one until acknowledged).
+
+        Raises:
+            RecorderLost: the child cannot be kept alive.
+        """
+        ending = event in ENDINGS
+        with self._lock:
+            if self.lost is not None and not (ending and self._last_try()):
+                raise RecorderLost(self.lost)
+            request = next(self._ids)
+            self._unacked[request] = (event, args, reply)
+            self._ended = self._ended or ending
+            try:
+                self._drain()
+                self._pipe.send((event, args, request, reply, False))
+            except (OSError, EOFError):   # it died: a restart sends this event again
+                if not self._recover() and not (ending and self._last_try()):
+                    raise RecorderLost(self.lost) from None
+            return request
 
     def _call(self, event: str, *args) -> str | None:
         """Send an event and wait until it is recorded; the recorder's first error, if any."""
-        request = next(self._ids)
-        self._ended = self._ended or event in ENDINGS
-        try:
-            self._send(event, *args, request=request)
-        except TrackingError as error:
-            return str(error)
-        return self._reply(request)
-
-    def _reply(self, request: int | None) -> str | None:
-        while True:
+        with self._lock:
             try:
-                answer, error = self._pipe.recv()
-            except (EOFError, OSError):
-                return "the MLflow recorder process ended unexpectedly"
-            if answer == request:   # earlier answers (an interrupted wait) are dropped
-                return error
+                request = self._send(event, *args, reply=True)
+            except RecorderLost as error:
+                return str(error)
+            while request not in self._replies:
+                try:
+                    self._receive(block=True)
+                except (OSError, EOFError):
+                    if not self._recover() and not (event in ENDINGS and self._last_try()):
+                        return self.lost
+            return self._replies.pop(request)
+
+    def _receive(self, block: bool) -> None:
+        """Take one acknowledgement (waiting for it if ``block``)."""
+        if not block and not self._pipe.poll():
+            raise BlockingIOError
+        request, error, state = self._pipe.recv()
+        if state is not None:
+            self._state = state
+        done = self._unacked.pop(request, None)
+        if done is None:
+            return   # a restart's own set-up
+        if request >= self._first_new:
+            self._deaths = 0
+        if done[2]:
+            self._replies[request] = error
+
+    def _drain(self) -> None:
+        """Take every acknowledgement already sent."""
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._receive(block=False)
+
+    def _watch(self) -> None:
+        """Restart the child as soon as it dies (not once it exited by itself, code 0:
+        after an ending, or when this process's end of the pipe closed)."""
+        while True:
+            with self._lock:
+                process = self._process
+            multiprocessing.connection.wait([process.sentinel])
+            process.join(timeout=10)   # its files close a moment before it can be reaped
+            with self._lock:
+                if process.exitcode == 0 or self.lost is not None or self._leaving \
+                        or self._pipe.closed:
+                    return
+                if process is self._process:
+                    self._recover()
+
+    def _recover(self) -> bool:
+        """The child is dead: start another on the same runs; False if recording gives up."""
+        with contextlib.suppress(OSError, EOFError):
+            self._drain()   # what it acknowledged before it died
+        if self._process.is_alive():   # its pipe broke, yet it runs: end it
+            self._process.kill()
+        self._process.join(timeout=10)
+        self._dead.append((self._process.pid, self._started))
+        self._deaths += 1
+        why = _death(self._process.exitcode)
+        if self._deaths > MAX_RESTARTS:
+            self.lost = (f"the MLflow recorder process died {self._deaths} times in a row "
+                         f"(last: {why}); the sweep stopped, the same command resumes it")
+            return False
+        log.warning("the MLflow recorder process (pid %d) %s: restarted, %d event(s) sent "
+                    "again", self._process.pid, why, len(self._unacked))
+        self._restart()
+        return True
+
+    def _last_try(self) -> bool:
+        """Once recording gave up: one more child, to record the sweep's ending."""
+        if self._deaths > MAX_RESTARTS + 1:
+            return False
+        self._deaths += 1
+        self.lost = None
+        self._restart()
+        return True
+
+    def _restart(self) -> None:
+        self._spawn()
+        self._first_new = next(self._ids)
+        try:
+            if self._opened:
+                self._pipe.send(("open", (), self._first_new, False, True))
+                self._pipe.send(("restore", (self._state, self._dead), next(self._ids),
+                                 False, True))
+            for request, (event, args, reply) in self._unacked.items():
+                self._pipe.send((event, args, request, reply, True))
+        except OSError:   # died again at once: the watcher or the next wait sees it
+            pass
+
+    def _spawn(self) -> None:
+        context = multiprocessing.get_context("spawn")   # no copy of a process running TF
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, *self._args),
+                                        name="cnnsearch-mlflow", daemon=True)
+        self._process.start()
+        child.close()
+        try:
+            self._started = psutil.Process(self._process.pid).create_time()
+        except psutil.Error:
+            self._started = 0.0
 
     @staticmethod
     def _raise(error: str | None) -> None:
@@ -170,7 +310,8 @@ class RecorderProcess:
 
 def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
            logs_model: bool) -> None:
-    """The child: get ready, open the store when asked, then record each event."""
+    """The child: get ready, open the store when asked, then record each event and
+    acknowledge it (with the open runs, when they changed)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.update(QUIET_KERAS)
@@ -188,26 +329,34 @@ def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
         client, unusable = open_existing_store(spec), None
     except TrackingError as error:   # reported at check and open
         client, unusable = None, str(error)
-    recorder, first_error = None, None
+    recorder, first_error, state = None, None, None
+    broken = False   # a write failed: the sweep stops at its next wait; only its end is written
     while True:
         try:
-            event, args, request = pipe.recv()
-        except EOFError:   # the sweep's process is gone and told nothing
+            event, args, request, reply, again = pipe.recv()
+        except (EOFError, OSError):   # the sweep's process is gone and told nothing (reset,
+            # if it left acknowledgements unread)
             if recorder is not None and recorder.owns_parent:
                 recorder.sweep_failed(SystemExit("the sweep's process ended unexpectedly"))
             logging.shutdown()
             os._exit(0)   # at once: no interpreter teardown (Keras may be half-loaded)
+        if broken and event in ENDINGS:   # a server that failed once: no long retries
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         try:
-            if event in ("sweep_started", "worker_started"):
-                args, recorder.environment = args[:1], args[1]
-            if event in ("check", "open") and unusable:
+            if broken and event not in ENDINGS:
+                pass   # the sweep is stopping: writing more would only wait on the same fault
+            elif event in ("check", "open") and unusable:
                 raise TrackingError(unusable)
-            if event == "open":
+            elif event == "open":
                 recorder = MlflowRecorder(spec, client=client)
             elif event == STOP:
                 if recorder is not None:
                     recorder.sweep_failed(SystemExit("stopped before the sweep ended"))
+            elif event == "epoch_ended" and again:   # perhaps recorded before the death
+                recorder.epoch_ended(*args, again=True)
             elif event != "check":
+                if event in ("sweep_started", "worker_started"):
+                    args, recorder.environment = args[:1], args[1]
                 if event == "sweep_ended":   # the model as saved in the sweep folder
                     if keras_loader.ident is None:
                         keras_loader.start()
@@ -218,13 +367,19 @@ def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
         except Exception as error:   # noqa: BLE001 - the sweep raises it at its next wait
             log.debug("recording %s failed", event, exc_info=True)
             first_error = first_error or _message(error)
+            broken = recorder is not None
+        now = recorder.state() if recorder is not None else None
+        answer = (request, first_error if reply else None, now if now != state else None)
+        state = now
+        if reply:
+            first_error = None
         if event in ENDINGS:   # nothing left to do: skip the interpreter's (and TF's) teardown
             logging.shutdown()
-            pipe.send((request, first_error))
+            with contextlib.suppress(OSError):
+                pipe.send(answer)
             os._exit(0)
-        if request is not None:
-            pipe.send((request, first_error))
-            first_error = None
+        with contextlib.suppress(OSError):   # the sweep is gone: the next receive says so
+            pipe.send(answer)
         # a distributed chief trains no trial: it loads Keras during its final fit
         if event in ("trial_started", "search_ended") and logs_model \
                 and keras_loader.ident is None:
@@ -266,3 +421,10 @@ def _message(error: Exception) -> str:
         return f"MLflow recording failed: {message}"
     text = str(error).strip().splitlines()
     return f"MLflow recording failed: {type(error).__name__}: {text[0] if text else ''}"
+
+
+def _death(exitcode: int | None) -> str:
+    """How a child process ended, in words."""
+    if exitcode is not None and exitcode < 0:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    return f"ended with exit code {exitcode}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ from cnnsearch.tracking.config import TrackingConfig
 from cnnsearch.tracking.environment import environment_tags
 from cnnsearch.tracking.results import leaderboard, log_plots
 from cnnsearch.tracking.store import (
+    TAG_HOST,
+    TAG_PID,
+    TAG_PROCESS_START,
     TAG_REASON,
     TAG_ROLE,
     TAG_STATUS,
@@ -158,6 +162,42 @@ class MlflowRecorder:
             self.client.set_tag(self.parent_id, TAG_REASON, _one_line(error))
             self.client.set_terminated(self.parent_id, status)
 
+    # -- a restarted recorder process -----------------------------------------
+
+    def state(self) -> dict:
+        """The runs this recorder holds open: what another needs to take them over."""
+        return {"parent_id": self.parent_id, "children": dict(self.children),
+                "owns_parent": self.owns_parent, "objective": self.objective,
+                "sweep_name": self.sweep_name}
+
+    def restore(self, state: dict | None, dead: list[tuple[int, float]]) -> None:
+        """Take over from recorder processes that died (``dead``: their pid and start
+        time): the open runs of ``state`` go on under this process; a run one of them
+        made but never acknowledged (not in ``state``) is deleted, since the event that
+        made it is sent again and makes it whole."""
+        if state is not None:
+            self.parent_id, self.children = state["parent_id"], dict(state["children"])
+            self.owns_parent, self.objective = state["owns_parent"], state["objective"]
+            self.sweep_name = state["sweep_name"]
+        kept = {*self.children.values(), *([self.parent_id] if self.owns_parent else [])}
+        host = socket.gethostname()
+        for pid, started in dead:
+            for run in self.client.search_runs(
+                    [self.experiment_id], max_results=10_000,
+                    filter_string=(f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = "
+                                   f"'{host}' and tags.`{TAG_PID}` = '{pid}'")):
+                made_by_it = (run.data.tags.get(TAG_PROCESS_START) == f"{started:.2f}"
+                              and run.info.start_time >= int(started * 1000))
+                if made_by_it and run.info.run_id not in kept:   # not one it continued
+                    self.client.delete_run(run.info.run_id)
+                    log.info("MLflow: deleted run %s, begun by the dead recorder", run.info.run_id)
+        for run_id in kept - {None}:   # RUNNING (again, if a reader marked them KILLED)
+            tags = process_tags()
+            if run_id != self.parent_id:
+                tags[TAG_STATUS] = "running"
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=_tags(tags))
+
     # -- distributed sweeps ----------------------------------------------------
 
     def worker_started(self, info) -> None:
@@ -210,10 +250,16 @@ class MlflowRecorder:
         self.client.log_text(run_id, _layer_table(arch), "summary.txt")
         self._log_metrics(run_id, {"param_count": arch.params, "flops": arch.flops})
 
-    def epoch_ended(self, trial_id: str, epoch: int, logs: dict) -> None:
+    def epoch_ended(self, trial_id: str, epoch: int, logs: dict, again: bool = False) -> None:
+        """One epoch's metrics; ``again``: sent again after a recorder died, perhaps
+        recorded already (then not twice)."""
         run_id = self.children.get(trial_id)
-        if run_id is not None:
-            self._log_metrics(run_id, logs, step=epoch)
+        if run_id is None or not logs:
+            return
+        if again and any(m.step == epoch for m in self.client.get_metric_history(
+                run_id, next(iter(logs)))):
+            return
+        self._log_metrics(run_id, logs, step=epoch)
 
     def trial_ended(self, outcome) -> None:
         run_id = self.children.get(outcome.trial_id)

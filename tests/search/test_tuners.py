@@ -16,10 +16,11 @@ import pytest
 import cnnsearch.search.hypermodel
 import cnnsearch.search.sweep
 from cnnsearch.search.data import load_dataset
-from cnnsearch.search.errors import UserError, disk_full
+from cnnsearch.search.errors import SweepStopped, UserError, disk_full
 from cnnsearch.search.hypermodel import CNNHyperModel
 from cnnsearch.search.kt_internals import BestEpochInMemory
 from cnnsearch.search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
+from tests.conftest import Recorder
 
 # On 8x8 digits with `valid` padding only 1-block candidates fit (every 2- and 3-block
 # one shrinks a map below its window); the orders put infeasible ones first for the grid.
@@ -172,6 +173,28 @@ def test_a_full_disk_stops_the_search_instead_of_failing_trials(make_spec, small
         "the same command again (a sweep resumes where it stopped)")
     assert len(recorder.started) == 1 and recorder.outcomes == []
     assert recorder.of("sweep_failed") == [[raised.value]]
+
+
+def test_an_observer_that_cannot_go_on_stops_the_sweep_and_hands_its_trial_back(
+        make_spec, small_space, recorder):
+    # the MLflow recorder lost for good (tracking.recorder_process.RecorderLost) is not
+    # the candidate's fault: the sweep stops with that error, its trial still to run
+    class LostAtFirstEpoch:
+        def epoch_ended(self, trial_id, epoch, logs):
+            raise SweepStopped("the MLflow recorder process died 4 times in a row")
+
+    spec = make_spec(small_space, final_fit={"enabled": False})
+    with pytest.raises(SweepStopped, match="died 4 times in a row") as raised:
+        run_sweep(spec, [recorder, LostAtFirstEpoch()])
+    assert recorder.outcomes == [] and recorder.of("sweep_failed") == [[raised.value]]
+    (trial,) = [json.loads(path.read_text())
+                for path in (spec.directory / "tuner").glob("trial_*/trial.json")]
+    assert trial["status"] == "RUNNING"
+
+    resumed = Recorder()
+    result, _ = run_sweep(spec, [resumed])   # the same command: the trial runs again
+    assert result.n_completed == 2 and result.n_failed == 0
+    assert resumed.started[0] == trial["trial_id"]
 
 
 @pytest.mark.parametrize("labels", ["shuffled", "real"])
