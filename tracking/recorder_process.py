@@ -35,6 +35,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import re
 import shutil
 import signal
 import threading
@@ -47,7 +48,7 @@ import psutil
 
 from cnnsearch.search.errors import SweepStopped, disk_full
 from cnnsearch.search.events import BEST_MODEL_FILE
-from cnnsearch.tracking.config import TrackingConfig, TrackingError
+from cnnsearch.tracking.config import TrackingConfig, TrackingError, redact
 from cnnsearch.tracking.environment import environment_tags
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class RecorderLost(TrackingError, SweepStopped):
 
 STOP = "stop"
 ENDINGS = ("sweep_ended", "sweep_failed", STOP)
-MAX_RESTARTS = 3   # deaths of the recorder in a row, no new event recorded in between
+MAX_RESTARTS = 3   # restarts in a row of a recorder that died with no new event recorded
 # the recorder's own Keras (for the model's flavour) stays off the GPUs and on one thread
 QUIET_KERAS = {"CUDA_VISIBLE_DEVICES": "-1", "JAX_PLATFORMS": "cpu",
                "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
@@ -72,8 +73,8 @@ class RecorderProcess:
     once, by a watching thread or by the pipe, and restarted: the new child takes over
     the open runs, deletes a run the dead one had begun but not acknowledged, and is sent
     again every event not acknowledged, so nothing is lost and nothing recorded twice.
-    After ``MAX_RESTARTS`` deaths in a row with no new event recorded, the sweep stops in
-    one line (``RecorderLost``), its running trial handed back, not failed.
+    Dead again after ``MAX_RESTARTS`` restarts in a row with no new event recorded, the
+    sweep stops in one line (``RecorderLost``), its running trial handed back, not failed.
 
     Args:
         spec: where and under which names to record.
@@ -419,6 +420,10 @@ def _message(error: Exception) -> str:
         return str(error)
     if message := disk_full(error):
         return f"MLflow recording failed: {message}"
+    if server := re.match(r"API request to (\w+://[^/]+)\S* failed with exception", str(error)):
+        reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
+        return (f"MLflow recording failed: the MLflow server at {redact(server[1])} stopped"
+                f" answering ({reason[1] if reason else 'no response'})")
     text = str(error).strip().splitlines()
     return f"MLflow recording failed: {type(error).__name__}: {text[0] if text else ''}"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from tests.tracking.conftest import open_experiment
+from tests.tracking.conftest import Store, open_experiment
 
 NAME = "killed"
 SWEEP = ["sweep", "experiment=quick", "tuner.max_trials=3", "training.epochs=3",
@@ -48,13 +48,15 @@ def completed_trials(root: Path) -> dict[str, tuple[bytes, int]]:
     return done
 
 
-def check_consistent(root: Path, before: dict[str, tuple[bytes, int]]) -> None:
-    """What must hold once the broken sweep has been run again to its end."""
+def check_consistent(root: Path, before: dict[str, tuple[bytes, int]],
+                     store: Store | None = None) -> None:
+    """What must hold once the broken sweep has been run again to its end (``store``: the
+    sweep's MLflow experiment, when not the local store under ``root``)."""
     after = completed_trials(root)
     assert len(after) == 3, sorted(after)
     for trial, state in before.items():   # not lost, not trained again
         assert after[trial] == state, trial
-    store = open_experiment(root)
+    store = store or open_experiment(root)
     runs = [*store.parents, *store.children]
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
     (parent,) = [p for p in store.parents if p.info.run_name == NAME]

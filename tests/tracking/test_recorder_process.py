@@ -23,7 +23,7 @@ from cnnsearch.search.cli import configure_logging
 from cnnsearch.search.errors import SweepStopped
 from cnnsearch.search.events import BEST_MODEL_FILE, SweepInfo, SweepResult, TrialOutcome
 from cnnsearch.tracking.config import TrackingConfig, TrackingError
-from cnnsearch.tracking.recorder_process import RecorderProcess
+from cnnsearch.tracking.recorder_process import RecorderProcess, _message
 from cnnsearch.tracking.runs import MlflowRecorder
 from tests.tracking.conftest import QUICK, open_experiment
 
@@ -215,3 +215,15 @@ def test_a_restarted_recorder_takes_over_the_open_runs_and_drops_a_half_made_one
     assert get(half_made).info.lifecycle_stage == "deleted"
     assert get(older).info.lifecycle_stage == "active"
     assert recorder.state()["children"] == {"0": child}
+
+
+def test_a_server_that_stops_answering_is_named_in_one_line(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with pytest.raises(mlflow.exceptions.MlflowException) as info:
+        mlflow.MlflowClient(tracking_uri=uri).get_run("0" * 32)
+    assert _message(info.value) == (
+        f"MLflow recording failed: the MLflow server at {uri} stopped answering"
+        " (Connection refused)")

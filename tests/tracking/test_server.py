@@ -9,6 +9,7 @@ output root is a world-readable temporary folder, not pytest's private tmp_path.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.reliability.consistency import SWEEP, check_consistent, completed_trials
+from tests.tracking.conftest import Store, wait_for_text
 
 pytestmark = pytest.mark.slow
 
@@ -269,6 +273,62 @@ def test_the_server_stops_cleanly_and_restarts_on_its_records(swept):
         assert experiment is not None and client.search_runs([experiment.experiment_id])
     finally:
         _stop_server(again, log)
+
+
+def _kill_server(process: subprocess.Popen, base: Path) -> None:
+    """SIGKILL ``cnnsearch server`` and all it started (MLflow, its web workers,
+    PostgreSQL), as when the server's host goes down."""
+    import psutil
+
+    postmaster = int((base / "server" / "postgres" / "postmaster.pid").read_text().split()[0])
+    tree = []
+    for root in (psutil.Process(process.pid), psutil.Process(postmaster)):
+        tree += [root, *root.children(recursive=True)]
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(tree, timeout=30)
+    process.wait()
+
+
+def test_a_server_killed_while_a_sweep_writes_stops_it_in_one_line_and_it_resumes(tmp_path):
+    base = Path(tempfile.mkdtemp(prefix="cnnsearch-server-"))
+    base.chmod(0o755)
+    port, pg_port = _free_port(), _free_port()
+    server, log = _start_server(base, port, pg_port)
+    uri = f"http://127.0.0.1:{port}"
+    args = [*_command(), *SWEEP, "tracking=server", f"tracking.uri={uri}",
+            f"paths.root={tmp_path}"]
+    # MLflow retries a write for about 4 minutes by default; 2 tries keep the test short
+    env = {**_env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    stderr = tmp_path / "sweep.err"
+    try:
+        with stderr.open("w") as err:
+            sweep = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                     start_new_session=True)
+        wait_for_text(stderr, "trial 0: score", sweep, timeout=300)
+        _kill_server(server, base)
+        killed = time.monotonic()
+        assert sweep.wait(timeout=300) == 2, stderr.read_text()[-3000:]
+        stopped_after = time.monotonic() - killed
+        text = stderr.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        last = _error_lines(text)[-1]
+        assert f"the MLflow server at {uri} stopped answering" in last, text[-3000:]
+        assert stopped_after < 120, f"the sweep went on {stopped_after:.0f} s without MLflow"
+        before = completed_trials(tmp_path)
+
+        server, log = _start_server(base, port, pg_port)
+        again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "resuming sweep" in again.stderr
+        client = _client(uri)
+        store = Store(client, client.get_experiment_by_name(EXPERIMENT).experiment_id)
+        check_consistent(tmp_path, before, store)
+    finally:
+        if server.poll() is None:
+            _stop_server(server, log)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_postgres_missing_or_a_port_in_use_fail_in_one_line(tmp_path):
