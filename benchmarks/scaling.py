@@ -6,8 +6,9 @@ start to its exit (imports, data, search, final fit, MLflow records and model): 
 stopping, no learning-rate drop, no pruning, so every variant trains the same 8
 candidates for the same epochs; the final fit a fixed ``epochs / 2``, as which of
 near-tied candidates wins, and so its own epoch count, varies with the weights'
-random start) with ``distributed.workers=1`` (the one-process sweep) and ``=2`` (a
-chief and 2 workers, one CPU thread each). Variants alternate, ``--repeats`` times.
+random start) with ``distributed.workers=1`` (the one-process sweep) and ``=2`` (the
+chief and one worker process, both training, one CPU thread each). Variants alternate,
+``--repeats`` times.
 Reported: the median wall time, trials per hour, the speed-up over 1 worker, the
 scaling efficiency (speed-up / workers), and the run's three phases, timed from the
 arrival of its log lines: start-up (process start to the first trial's line), trials
@@ -16,7 +17,9 @@ phase's speed-up is what the extra workers buy; "trial s summed" adds up every t
 own time (its "score" line), so it grows when trials side by side slow each other down;
 "bound" is the speed-up a sweep with N workers would reach if its start-up and finish
 cost no more than one worker's (the best any way of starting the workers can do with
-these trials on this machine). With an NVIDIA GPU (every worker on it: ``--workers 1 2
+these trials on this machine), and "of bound" the share of it reached. Also the peak of
+the summed resident memory of all the sweep's processes, and the most processes at once.
+With an NVIDIA GPU (every worker on it: ``--workers 1 2
 4 8``), also its mean utilisation during the run (``nvidia-smi`` every 0.5 s), and the
 target is the best number of workers >= 3x one.
 """
@@ -24,19 +27,24 @@ target is the best number of workers >= 3x one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
+
+import psutil
 
 from benchmarks import common
 from benchmarks.common import REPO, Table, fmt, median, ratio, verdict
 
 NAME = "scaling"
-TARGET = 1.6   # 2 workers vs 1, whole process, on this 2-core machine
+TARGET = 1.25   # 2 workers vs 1, whole process, on this 2-core machine
+BOUND_TARGET = 0.9   # and this share of the bound (issue 27)
 GPU_TARGET = 3.0   # on one GPU: the best number of workers vs 1
 
 
@@ -56,6 +64,7 @@ def sweep(params: dict) -> dict:
     with common.GpuSampler() as gpu:
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
+        memory = TreeMemory(process.pid)
         tail: deque[str] = deque(maxlen=50)
         for line in process.stderr:
             now = time.perf_counter() - started
@@ -66,6 +75,7 @@ def sweep(params: dict) -> dict:
                 trial_seconds += float(ended[1])
             tail.append(line)
         process.wait()
+        memory.stop()
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"sweep failed ({process.returncode}):\n{''.join(tail)[-3000:]}")
@@ -75,7 +85,36 @@ def sweep(params: dict) -> dict:
             "startup_seconds": first,
             "trials_seconds": final - first if first is not None and final else None,
             "finish_seconds": seconds - final if final else None,
-            "trial_seconds": trial_seconds, **gpu.summary}
+            "trial_seconds": trial_seconds, "peak_rss_mb": memory.peak_mb,
+            "processes": memory.most_processes, **gpu.summary}
+
+
+class TreeMemory:
+    """The summed resident memory of a process and all its descendants, sampled every
+    0.25 s: its peak (MB) and the most processes seen at once."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak_mb, self.most_processes = 0.0, 0
+        self._root, self._done = psutil.Process(pid), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.25):
+            try:
+                tree = [self._root, *self._root.children(recursive=True)]
+            except psutil.Error:   # the sweep has ended
+                return
+            rss = 0
+            for member in tree:
+                with contextlib.suppress(psutil.Error):
+                    rss += member.memory_info().rss
+            self.peak_mb = max(self.peak_mb, rss / 2**20)
+            self.most_processes = max(self.most_processes, len(tree))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 # the log line that opens each phase after start-up (a worker's lines come prefixed)
@@ -119,7 +158,8 @@ PHASES = ("startup_seconds", "trials_seconds", "finish_seconds")
 def summarise(runs: dict[str, list[dict]]) -> dict:
     summary = {variant: {key: median(r.get(key) for r in results)
                          for key in ("seconds", "trials_per_hour", "n_trials",
-                                     "gpu_utilisation", "trial_seconds", *PHASES)}
+                                     "gpu_utilisation", "trial_seconds", "peak_rss_mb",
+                                     "processes", *PHASES)}
                for variant, results in runs.items()}
     one = summary.get("workers1", {})
     for variant, s in summary.items():
@@ -149,15 +189,19 @@ def tables(payload: dict) -> list[Table]:
                      verdict(s["speedup"], target, at_most=False) if target else "",
                      *(fmt(s.get(phase), 1) for phase in PHASES),
                      fmt(s.get("trials_speedup"), 2), fmt(s.get("trial_seconds"), 1),
-                     fmt(s.get("bound_speedup"), 2) if workers > 1 else ""]
+                     fmt(s.get("bound_speedup"), 2) if workers > 1 else "",
+                     fmt(ratio(s["speedup"], s.get("bound_speedup")), 2) if workers > 1 else "",
+                     fmt(s.get("peak_rss_mb"), 0), fmt(s.get("processes"), 0)]
                     + ([fmt(s.get("gpu_utilisation"), 0)] if gpu else []))
     title = (f"scaling: whole `cnnsearch sweep`, {p['trials']} digits trials x {p['epochs']} "
              f"epochs, search_space={p['space']}, median of {p['repeats']} interleaved runs; "
              "phases in seconds; trial s summed: every trial's own time added up; "
-             "bound: the speed-up with 1 worker's start-up and finish")
+             "bound: the speed-up with 1 worker's start-up and finish; peak RSS: all the "
+             "sweep's processes summed, sampled every 0.25 s")
     return [(title, ["workers", "trials", "wall s", "trials/hour", "speed-up",
                      "efficiency", "target", "met", "start-up s", "trials s", "finish s",
                      "trials speed-up", "trial s summed", "bound",
+                     f"of bound (>= {BOUND_TARGET})", "peak RSS MB", "processes",
                      *(["GPU util %"] if gpu else [])], rows)]
 
 

@@ -91,12 +91,14 @@ def sweep_command(cfg: DictConfig) -> SweepResult | None:
         return _local_workers(distributed)
     pool = None
     if distributed.enabled and distributed.role != Role.worker:
+        from cnnsearch.search.event_relay import EventRelay
         from cnnsearch.search.workers import WorkerPool, check_listen, with_port
 
         check_listen(distributed)   # a port in use: one line, nothing touched yet
-        if distributed.workers:   # started before this process imports Keras
+        if distributed.worker_processes:   # started before this process imports Keras
             distributed = with_port(distributed)   # their start-ups overlap
-            pool = WorkerPool(_overrides(), distributed)
+            relay = EventRelay() if tracking_spec(cfg).enabled else None   # one recorder
+            pool = WorkerPool(_overrides(), distributed, relay)
             pool.start()
     try:
         return _sweep(cfg, distributed, pool)
@@ -108,8 +110,12 @@ def sweep_command(cfg: DictConfig) -> SweepResult | None:
 def _sweep(cfg: DictConfig, distributed, pool) -> SweepResult | None:
     tracking = tracking_spec(cfg)
     recorder = None
-    if tracking.enabled:   # started first: MLflow's start-up overlaps Keras's
-        from cnnsearch.search.cli import configure_logging
+    if tracking.enabled and distributed.role == Role.worker:   # one started by a chief
+        from cnnsearch.search.event_relay import RelayedRecorder  # records through it
+
+        recorder = RelayedRecorder.from_env()
+    if tracking.enabled and recorder is None:   # started first: MLflow's start-up
+        from cnnsearch.search.cli import configure_logging  # overlaps Keras's
         from cnnsearch.tracking.recorder_process import RecorderProcess
 
         recorder = RecorderProcess(tracking, configure_logging,
@@ -136,6 +142,8 @@ def _run_sweep(cfg: DictConfig, distributed, pool, recorder) -> SweepResult | No
     if recorder is not None:   # the store's first write: the config and data are good
         recorder.open()
         observers.append(recorder)
+        if pool is not None and pool.relay is not None:   # the workers' trials too
+            pool.relay.attach(recorder)
     with _sigterm_as_interrupt() as interrupted:
         if distributed.role == Role.worker:
             run_worker(spec, [*observers, interrupted], data=data)

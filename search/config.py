@@ -275,7 +275,7 @@ class DistributedConfig:
     """Several trials at once: a chief hands out trials (keras-tuner's gRPC oracle) to
     worker processes, on this host and on others."""
 
-    workers: int = 1   # worker processes on this host; 1 and no role: one process, as ever
+    workers: int = 1   # trials at once on this host, the chief's own included; 1: one process
     workers_per_gpu: int = 1   # with GPUs: workers sharing one GPU (memory growth on)
     role: Role | None = None   # null: chief + the workers here; chief | worker: see README
     bind: str = "127.0.0.1:0"  # role=chief: where the chief listens (port 0: any free port)
@@ -310,6 +310,18 @@ class DistributedConfig:
     def enabled(self) -> bool:
         """False for the classic single-process sweep."""
         return self.role is not None or self.workers > 1
+
+    @property
+    def chief_trains(self) -> bool:
+        """The chief trains trials too: one of ``workers`` (a chief with 0 only serves)."""
+        return self.enabled and self.role != Role.worker and self.workers >= 1
+
+    @property
+    def worker_processes(self) -> int:
+        """The worker processes started on this host (by a chief, or for one elsewhere)."""
+        if not self.enabled:
+            return 0
+        return self.workers - 1 if self.chief_trains else self.workers
 
 
 def address(key: str, text: str, any_port: bool = False) -> tuple[str, int]:

@@ -19,8 +19,9 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -34,6 +35,7 @@ from cnnsearch.search.kt_internals import (
     quiet_trial_protos,
     set_rpc_timeout,
     stop_new_trials,
+    trials_waiting,
 )
 from cnnsearch.search.workers import PARENT_ENV, WorkerPool
 
@@ -119,28 +121,66 @@ class Chief:
         public = socket.gethostname() if host in ("0.0.0.0", "::") else host
         log.info("chief serving trials at %s:%d", public, self.server.port)
 
-    def serve(self, pool: WorkerPool | None) -> str | None:
+    def serve(self, pool: WorkerPool | None,
+              train: Callable[[], str | None] | None = None) -> str | None:
         """Run until every trial is handed out and ended; returns why it stopped early.
+
+        ``train``: the chief's own search (it trains too), run here at once and again
+        whenever a lost worker's trial waits for a taker, with the checks beside it; it
+        returns why it stopped early.
 
         Raises:
             UserError: if every local worker ended while trials were left to run and no
-                other worker can come (no ``distributed.role=chief``).
+                other worker can come (no ``distributed.role=chief``, no ``train``).
         """
+        trained = False
         try:
-            while not self._finished(pool):
-                self._check_workers(pool)
-                self._check_timeouts()
-                self._check_stops()
+            while True:
+                if train is not None and (not trained or trials_waiting(self.oracle)) \
+                        and self.stopped_reason is None:
+                    trained = True
+                    with self._checking(pool):
+                        self._stop(train())
+                if self._finished(pool, trained):
+                    return self.stopped_reason
+                if pool is not None and pool.relay is not None and pool.relay.failure:
+                    raise pool.relay.failure   # the recorder of the workers' trials is lost
+                self._check(pool)
                 time.sleep(POLL_SECONDS)
-            return self.stopped_reason
         finally:
             self.server.stop()
 
-    def _finished(self, pool: WorkerPool | None) -> bool:
-        if self.server.servicer.stop_triggered and not ongoing_trials(self.oracle) \
-                and not self.oracle.tuner_ids:
+    def _check(self, pool: WorkerPool | None) -> None:
+        self._check_workers(pool)
+        self._check_timeouts()
+        self._check_stops()
+
+    @contextlib.contextmanager
+    def _checking(self, pool: WorkerPool | None) -> Iterator[None]:
+        """The checks in a thread of their own while this one trains."""
+        done = threading.Event()
+
+        def check() -> None:
+            while not done.wait(POLL_SECONDS):
+                self._check(pool)
+
+        thread = threading.Thread(target=check, name="cnnsearch-chief-checks", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _finished(self, pool: WorkerPool | None, trained: bool) -> bool:
+        """Every trial is over and no other will start (the chief's own search asked for
+        one and was told to stop, or a worker was)."""
+        stopping = trained or self.server.servicer.stop_triggered
+        waiting = trained and trials_waiting(self.oracle) and self.stopped_reason is None
+        if stopping and not ongoing_trials(self.oracle) and not self.oracle.tuner_ids \
+                and not waiting:
             return True
-        if pool is not None and not pool.running and self.spec.role is None:
+        if pool is not None and not pool.running and self.spec.role is None and not trained:
             self._check_workers(pool)
             if ongoing_trials(self.oracle) or not self.server.servicer.stop_triggered:
                 raise UserError("every worker process ended before the search was over "
@@ -153,6 +193,8 @@ class Chief:
             code = worker.process.returncode
             if code != 0:
                 log.warning("%s ended with exit code %s", worker.name, code)
+            if pool.relay is not None:   # its last events are recorded before its loss
+                pool.relay.drained(worker.process.pid)
             for tuner_id, trial_id in ongoing_trials(self.oracle).items():
                 if tuner_id.endswith(f"-{worker.process.pid}"):
                     self._lose(tuner_id, trial_id, f"its {worker.name} (pid "
@@ -183,12 +225,16 @@ class Chief:
         if self.stopped_reason is not None:
             return
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            self.stopped_reason = f"time budget tuner.max_seconds={self.max_seconds:g} reached"
+            self._stop(f"time budget tuner.max_seconds={self.max_seconds:g} reached")
         failures = _consecutive_failures(self.oracle)
         if failures >= self.max_failures:
-            self.stopped_reason = (f"{failures} consecutive failed trials "
-                                   "(tuner.max_consecutive_failed_trials)")
-        if self.stopped_reason is not None:
+            self._stop(f"{failures} consecutive failed trials "
+                       "(tuner.max_consecutive_failed_trials)")
+
+    def _stop(self, reason: str | None) -> None:
+        """No trial starts after the running ones, for ``reason`` (None: go on)."""
+        if reason is not None and self.stopped_reason is None:
+            self.stopped_reason = reason
             stop_new_trials(self.oracle)
 
 

@@ -8,7 +8,10 @@ values, so ``tracking`` needs nothing from keras-tuner or from search internals.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,16 @@ class SweepResult:
     skip_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_reason: str | None = None
+
+
+def trial_record(candidate: Any) -> SimpleNamespace:
+    """What a trial's record needs of its candidate, as plain values (no search classes
+    travel to the recorder), and which process trains it (``host:pid``; a record relayed
+    from a worker keeps the worker's)."""
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    return SimpleNamespace(architecture=candidate.architecture,
+                           learning_rate=candidate.learning_rate,
+                           trained_by=getattr(candidate, "trained_by", here))
 
 
 class SweepObserver:

@@ -250,6 +250,18 @@ def give_back_trial(oracle, tuner_id: str, trial_id: str, retry: bool, message: 
     oracle.end_trial(trial)
 
 
+def trials_waiting(oracle) -> bool:
+    """Whether a trial given back by a lost tuner waits for another to take it."""
+    return bool(oracle._retry_queue)
+
+
+@kt.synchronized
+def leave_search(oracle, tuner_id: str) -> None:
+    """The tuner ``tuner_id`` asks for no more trials (its search ended, perhaps by an
+    error, before the oracle told it to stop)."""
+    oracle.tuner_ids.discard(tuner_id)
+
+
 @kt.synchronized
 def stop_new_trials(oracle) -> None:
     """No trial starts after this one (the running ones finish)."""

@@ -37,6 +37,7 @@ from cnnsearch.search.hypermodel import CNNHyperModel
 from cnnsearch.search.kt_internals import (
     check_version,
     failure_stop_reason,
+    leave_search,
     repair_after_reload,
     rpc_failure,
     same_space,
@@ -186,7 +187,7 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
         # the full collection keras-tuner runs before each trial skips them (~0.2 s).
         gc.freeze()
         try:
-            result.stopped_reason = (_serve(tuner, spec, events, workers)
+            result.stopped_reason = (_serve(tuner, spec, events, workers, data)
                                      if spec.distributed.enabled
                                      else _search(tuner, data, spec.training))
         finally:
@@ -308,17 +309,25 @@ def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> str |
 
 
 def _serve(tuner: SweepTuner, spec: SweepSpec, events: Observers,
-           workers: WorkerPool | None) -> str | None:
+           workers: WorkerPool | None, data: Dataset) -> str | None:
     """Hand the trials out to workers (``workers`` of this host, already started, and
-    those of other hosts); returns why it stopped early, or None."""
+    those of other hosts) and train a share here; returns why it stopped early, or None."""
     from cnnsearch.search.distributed import Chief
 
     chief = Chief(tuner.oracle, spec.distributed, spec.tuner.max_consecutive_failed_trials,
                   max_seconds=spec.tuner.max_seconds, lost=events.trial_lost)
+
+    def train() -> str | None:
+        """The chief's own trials, beside its workers'."""
+        try:
+            return _search(tuner, data, spec.training)
+        finally:
+            leave_search(tuner.oracle, tuner.tuner_id)
+
     tuner.save()
     chief.start()
     try:
-        return chief.serve(workers)
+        return chief.serve(workers, train if spec.distributed.chief_trains else None)
     except BaseException:
         if workers is not None:   # stopped before the sweep's runs are closed (see
             workers.stop()        # MlflowRecorder.sweep_failed): they close theirs first

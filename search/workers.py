@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from cnnsearch.search.config import DistributedConfig, Role, address, cannot_listen
+from cnnsearch.search.event_relay import EventRelay
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,14 @@ class WorkerPool:
 
     Each worker's output is relayed line by line to this process's stderr, prefixed
     with its name; each ends with this process (``search.distributed.follow_parent``).
+    With a ``relay``, the workers record their trials through this process's recorder.
+    When the chief trains too, it is share 0 of ``distributed.workers`` (its threads or
+    GPU, set in this process's environment by :meth:`start`, before it imports Keras).
     """
 
     overrides: list[str]
     spec: DistributedConfig
+    relay: EventRelay | None = None
     workers: list[Worker] = field(default_factory=list)
 
     @property
@@ -118,17 +123,22 @@ class WorkerPool:
                    "distributed.role=worker", f"distributed.chief={self.chief}",
                    "distributed.workers=1",
                    f"distributed.connect_timeout={self.spec.connect_timeout}"]
-        for index in range(self.spec.workers):
+        first = self.spec.workers - self.spec.worker_processes   # 1: the chief's share
+        for index in range(first, self.spec.workers):
             env = {**os.environ, **worker_env(index, self.spec.workers, gpus,
                                               self.spec.workers_per_gpu, cores),
-                   PARENT_ENV: str(os.getpid())}
+                   PARENT_ENV: str(os.getpid()), **(self.relay.env if self.relay else {})}
             process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
-            name = f"worker {index + 1}"
+            name = f"worker {index - first + 1}"
             relay = threading.Thread(target=self._relay, args=(name, process), daemon=True)
             relay.start()
             self.workers.append(Worker(name, process, relay))
-        log.info("started %d worker process(es) for chief %s", self.spec.workers, self.chief)
+        log.info("started %d worker process(es) for chief %s", self.spec.worker_processes,
+                 self.chief)
+        if first:   # this process trains the first share: its threads or GPU
+            os.environ.update(worker_env(0, self.spec.workers, gpus, self.spec.workers_per_gpu,
+                                         cores))
 
     def _relay(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
@@ -167,3 +177,5 @@ class WorkerPool:
                             worker.process.pid, STOP_GRACE_SECONDS)
                 worker.process.kill()
                 worker.process.wait()
+        if self.relay is not None:   # what they sent before they ended is handed on
+            self.relay.close()

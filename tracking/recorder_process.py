@@ -42,12 +42,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import psutil
 
 from cnnsearch.search.errors import SweepStopped, disk_full
-from cnnsearch.search.events import BEST_MODEL_FILE
+from cnnsearch.search.events import BEST_MODEL_FILE, trial_record
 from cnnsearch.tracking.config import TrackingConfig, TrackingError, redact
 from cnnsearch.tracking.environment import environment_tags
 
@@ -146,9 +145,8 @@ class RecorderProcess:
         self._send("worker_started", info, environment_tags())
 
     def trial_started(self, trial_id: str, values: dict, candidate) -> None:
-        # what the record needs, without the search's classes (keras-tuner) in the child
-        self._raise(self._call("trial_started", trial_id, dict(values), SimpleNamespace(
-            architecture=candidate.architecture, learning_rate=candidate.learning_rate)))
+        self._raise(self._call("trial_started", trial_id, dict(values),
+                               trial_record(candidate)))
 
     def epoch_ended(self, trial_id: str, epoch: int, logs: dict) -> None:
         self._send("epoch_ended", trial_id, epoch, dict(logs))

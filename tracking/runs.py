@@ -60,6 +60,7 @@ TAG_SWEEP = "cnnsearch.sweep"
 TAG_HASH = "cnnsearch.space_hash"
 TAG_TRIAL = "cnnsearch.trial_id"
 TAG_ARCH = "cnnsearch.architecture"
+TAG_TRAINED_BY = "cnnsearch.trained_by"   # host:pid of the process that trains the trial
 TAG_NOTE = "mlflow.note.content"   # the run's description in the UI
 WINNER_NOTE = "\n\nWinner: "
 MAX_PARAM_LENGTH = 6000
@@ -214,6 +215,9 @@ class MlflowRecorder:
 
     def trial_lost(self, trial_id: str, reason: str) -> None:
         """The chief lost a trial's worker: its open run ends KILLED."""
+        if trial_id in self.children:   # a worker that recorded through this recorder
+            self._end_child(trial_id, "KILLED", f"worker lost: {reason}")
+            return
         self._kill_running_children(f" and tags.`{TAG_TRIAL}` = '{trial_id}'",
                                     f"worker lost: {reason}")
 
@@ -242,7 +246,9 @@ class MlflowRecorder:
                   TAG_TRIAL: trial_id, TAG_STATUS: "running", TAG_ARCH: arch.summary(),
                   TAG_NOTE: (f"Trial {trial_id}: `{arch.summary()}`, {arch.params:,} "
                              f"parameters, learning rate {candidate.learning_rate:.2g}."),
-                  **process_tags()})
+                  **process_tags(),
+                  **({TAG_TRAINED_BY: candidate.trained_by}
+                     if getattr(candidate, "trained_by", None) else {})})
         run_id = run.info.run_id
         self.children[trial_id] = run_id
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])

@@ -1,6 +1,7 @@
 """SIGKILL each process a sweep starts besides its own (issue 23): the MLflow recorder
-of a one-process sweep, of a distributed chief and of a worker, and the chief itself
-during its final fit. (The chief killed mid-trial and a worker killed mid-trial are in
+of a one-process sweep and of a distributed chief (while it trains, and while a worker
+does: the host's one recorder, issue 27), and the chief itself during its final fit.
+(The chief killed mid-trial and a worker killed mid-trial are in
 tests/search/test_distributed.py; the tracking server in tests/tracking/test_server.py.)
 
 A killed recorder is restarted and sent again what it had not acknowledged: the sweep
@@ -97,11 +98,14 @@ def test_a_killed_recorder_of_the_chief_is_restarted(tmp_path):
     _check_recorded_once_and_whole(open_experiment(tmp_path))
 
 
-def test_a_killed_recorder_of_a_worker_is_restarted(tmp_path):
+def test_a_killed_host_recorder_loses_none_of_a_workers_records(tmp_path):
+    # a local worker records through the chief's recorder: one per host (issue 27)
     with _chief_in_a_trial(tmp_path, "training.epochs=4") as (chief, stderr):
         index, _ = _first_trial(stderr)
+        worker = _local_worker(chief, index)
+        assert not [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())]
         time.sleep(0.5)   # inside the trial's fit: its run exists, epochs are being logged
-        _kill(_recorder_of(_local_worker(chief, index)))
+        _kill(_recorder_of(psutil.Process(chief.pid)))
         text = _wait_chief(chief, stderr)
     _check_no_traceback(text)
     assert "failed" not in text.split("final fit")[0], text[-3000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from tests.tracking.conftest import open_experiment, run_cli, start_cli, wait_fo
 
 SWEEP = ["sweep", "experiment=quick", "tuner.max_trials=6", "sweep.name=two"]
 SHORT = ["training.epochs=3", "data.limit=300"]
+WORKER_TRIAL = re.compile(r"\[worker \d+\] .*trial \d+: .*\(lr ")   # its line, relayed
 
 
 def test_workers_split_the_cpu_threads():
@@ -37,6 +39,16 @@ def test_workers_split_the_cpu_threads():
     assert worker_env(3, 4, [], 1, cores=16)["OMP_NUM_THREADS"] == "4"
     assert worker_env(0, 8, [], 1, cores=2)["TF_NUM_INTRAOP_THREADS"] == "1"
     assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, 2, [], 1, cores=2)
+
+
+@pytest.mark.parametrize("role, workers, trains, processes", [
+    (None, 1, False, 0),                       # the one-process sweep
+    (None, 2, True, 1), (None, 4, True, 3),    # N trials at once: the chief and N - 1
+    (Role.chief, 0, False, 0), (Role.chief, 1, True, 0), (Role.chief, 3, True, 2),
+    (Role.worker, 1, False, 1), (Role.worker, 4, False, 4)])   # for a chief elsewhere
+def test_workers_counts_the_chief_when_it_trains(role, workers, trains, processes):
+    spec = DistributedConfig(role=role, workers=workers, chief="host:1")
+    assert (spec.chief_trains, spec.worker_processes) == (trains, processes)
 
 
 def test_workers_get_a_gpu_or_a_share_of_one():
@@ -114,9 +126,10 @@ def test_two_workers_run_a_sweep_into_one_parent_run(tmp_path):
     done = run_cli(*SWEEP, *SHORT, f"paths.root={tmp_path}", "distributed.workers=2")
     assert done.returncode == 0, done.stderr[-3000:]
     children = _check_one_parent_six_trials(tmp_path)
-    pids = {c.data.tags["cnnsearch.pid"] for c in children}
-    assert len(pids) == 2, "both workers trained trials"
-    assert "[worker 1]" in done.stderr and "[worker 2]" in done.stderr
+    trainers = {c.data.tags["cnnsearch.trained_by"] for c in children}
+    assert len(trainers) == 2, "the chief and its one worker process both trained trials"
+    assert len({c.data.tags["cnnsearch.pid"] for c in children}) == 1, "one recorder"
+    assert "[worker 1]" in done.stderr and "[worker 2]" not in done.stderr
     assert "final fit" in done.stderr and "test accuracy" in done.stdout
     assert not _alive_with(str(tmp_path)), "a worker outlived the sweep"
 
@@ -124,13 +137,13 @@ def test_two_workers_run_a_sweep_into_one_parent_run(tmp_path):
 @contextlib.contextmanager
 def _chief_in_a_trial(tmp_path: Path,
                       *args: str) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """A 2-worker sweep in the background, once a worker started a trial; SIGKILLed at the
-    end if still running."""
+    """A 2-worker sweep (the chief and one worker process) in the background, once the
+    worker started a trial; SIGKILLed at the end if still running."""
     stderr = tmp_path / "chief.err"
     chief = start_cli(*SWEEP, f"paths.root={tmp_path}", "distributed.workers=2",
                       "data.limit=1000", *args, stderr_path=stderr)
     try:
-        wait_for_text(stderr, "(lr ", chief, timeout=180)
+        wait_for_text(stderr, WORKER_TRIAL, chief, timeout=180)
         yield chief, stderr
     finally:
         if chief.poll() is None:
@@ -138,8 +151,9 @@ def _chief_in_a_trial(tmp_path: Path,
 
 
 def _first_trial(stderr: Path) -> tuple[int, str]:
-    """The worker number and trial id of the first trial a worker started."""
-    first = next(line for line in stderr.read_text().splitlines() if "(lr " in line)
+    """The worker number and trial id of the first trial a worker process started."""
+    first = next(line for line in stderr.read_text().splitlines()
+                 if WORKER_TRIAL.search(line))
     return int(first.split("[worker ")[1].split("]")[0]), first.split("trial ")[1].split(":")[0]
 
 
@@ -273,7 +287,7 @@ def test_ctrl_c_stops_the_chief_and_its_workers_and_closes_every_run(tmp_path):
 def test_a_worker_that_does_not_stop_is_killed_and_its_run_closed_by_the_chief(tmp_path):
     with _chief_in_a_trial(tmp_path, "training.epochs=30") as (chief, stderr):
         index, trial_id = _first_trial(stderr)
-        time.sleep(1.0)   # its recorder has opened the trial's run (the trial trains)
+        time.sleep(1.0)   # the chief's recorder has opened the trial's run (it trains)
         stuck = _local_worker(chief, index)   # frozen, as in a native call: it cannot
         stuck.send_signal(signal.SIGSTOP)      # close its run
         os.killpg(chief.pid, signal.SIGINT)
@@ -285,8 +299,8 @@ def test_a_worker_that_does_not_stop_is_killed_and_its_run_closed_by_the_chief(t
     runs = store.children_of(parent.info.run_id)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     (run,) = [r for r in runs if r.data.tags["cnnsearch.trial_id"] == trial_id]
-    assert run.info.status == "KILLED"
-    assert run.data.tags["cnnsearch.reason"].endswith("(its worker did not close the run)")
+    assert run.info.status == "KILLED"   # closed by the chief's recorder, which holds it
+    assert run.data.tags["cnnsearch.reason"].startswith("sweep stopped")
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,11 +46,14 @@ def start_cli(*args: str, stderr_path: Path) -> subprocess.Popen:
                                 stderr=stderr, env=cli_env(), start_new_session=True)
 
 
-def wait_for_text(path: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
-    """Wait until ``text`` appears in the file ``path`` (a background command's stderr)."""
+def wait_for_text(path: Path, text: str | re.Pattern, process: subprocess.Popen,
+                  timeout: float) -> None:
+    """Wait until ``text`` (or a match of the pattern) appears in the file ``path`` (a
+    background command's stderr)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if text in path.read_text():
+        found = path.read_text()
+        if text.search(found) if isinstance(text, re.Pattern) else text in found:
             return
         if process.poll() is not None:
             pytest.fail(f"the command exited ({process.returncode}) before printing {text!r}:\n"
