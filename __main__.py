@@ -2,7 +2,7 @@
 
 import sys
 
-from cnnsearch.search.cli import main
+from cnnsearch.search.app.cli import main
 
 if __name__ == "__main__":   # not when a spawned child (the MLflow recorder) imports it
     sys.exit(main())

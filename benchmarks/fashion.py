@@ -60,7 +60,7 @@ ANCHORS = (("scikit-learn, best of the authors' benchmark (SVC, C=10, RBF)", 0.8
 
 def _data(params: dict):
     from cnnsearch.search.config import DataConfig
-    from cnnsearch.search.data import load_dataset
+    from cnnsearch.search.data.datasets import load_dataset
 
     return load_dataset(DataConfig("fashion_mnist", limit=params["limit"]), params["seed"])
 

@@ -5,7 +5,7 @@
   display and, for ``tracking=local``, the MLflow recorder), with two timing observers
   around the others: one first in line, one last.
 * Baselines: plain keras-tuner ``RandomSearch`` and plain Keras, written the way a user
-  would without this project, on the same data split (``search.data``).
+  would without this project, on the same data split (``search.data.datasets``).
 
 The fixed benchmark architecture (overhead, throughput, costs) is one block of one
 3x3 convolution with 32 filters, ReLU, 2x2 max pooling ("same" padding), flatten, a
@@ -29,7 +29,7 @@ import yaml
 
 from benchmarks.common import REPO
 from cnnsearch.search.config import DataConfig
-from cnnsearch.search.data import Dataset, load_dataset
+from cnnsearch.search.data.datasets import Dataset, load_dataset
 from cnnsearch.search.events import SweepObserver
 
 log = logging.getLogger("benchmarks")
@@ -136,8 +136,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from cnnsearch.search.cli import CONF_DIR
-    from cnnsearch.search.config import register_configs
+    from cnnsearch.search.app.cli import CONF_DIR
+    from cnnsearch.search.app.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -158,7 +158,7 @@ def run_ours(overrides: list[str], root: str) -> dict:
     """
     from rich.console import Console
 
-    from cnnsearch.search.commands import sweep_spec, tracking_spec
+    from cnnsearch.search.app.commands import sweep_spec, tracking_spec
     from cnnsearch.search.progress import ProgressDisplay
     from cnnsearch.search.sweep import run_sweep
 

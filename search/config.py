@@ -1,4 +1,5 @@
-"""The typed configuration: one dataclass per config group of conf/, and the whole tree.
+"""The typed configuration of a sweep: one dataclass per config group of conf/ it uses
+(the whole tree, with the other commands' groups, is :mod:`cnnsearch.search.app.config`).
 
 These classes are the single source of the config's shape: Hydra checks every
 composed config against them (a misspelled key, a wrong type or a value outside a
@@ -6,22 +7,21 @@ closed choice fails while composing), and the CLI turns the composed config into
 them with ``OmegaConf.to_object``, so the library takes the same objects. What a
 type cannot say (ranges, cross-key rules) is each class's ``validate``. The YAML
 files in conf/ hold the values. The search space is a free mapping here (a key may
-be a list or a range) and is checked by :mod:`cnnsearch.search.space`.
+be a list or a range) and is checked by :mod:`cnnsearch.search.kt.space`.
 
 No Keras here: composing the config (and its errors) stays fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from cnnsearch.search.errors import UserError
-from cnnsearch.tracking.config import TrackingConfig
+from cnnsearch.search.events import Direction, Objective
 
 # The search_space keys (conf/search_space/*.yaml); per-block ones are drawn per block.
 BLOCK_KEYS = ("convs_per_block", "filters", "kernel_size", "strides", "padding",
@@ -51,22 +51,6 @@ class TunerName(StrEnum):
     grid = "grid"
 
 
-class Objective(StrEnum):
-    val_accuracy = "val_accuracy"
-    accuracy = "accuracy"
-    val_loss = "val_loss"
-    loss = "loss"
-
-    @property
-    def default_direction(self) -> Direction:
-        return Direction.max if self.endswith("accuracy") else Direction.min
-
-
-class Direction(StrEnum):
-    min = "min"
-    max = "max"
-
-
 class Schedule(StrEnum):
     cosine = "cosine"       # from the candidate's learning rate down to 0, step by step
     constant = "constant"
@@ -80,11 +64,6 @@ class Role(StrEnum):
 class Pruning(StrEnum):
     median = "median"   # stop a trial worse than the median of earlier trials at its epoch
     none = "none"
-
-
-@dataclass
-class PathsConfig:
-    root: str = "outputs"
 
 
 @dataclass
@@ -206,23 +185,6 @@ class TrainingConfig:
 
 
 @dataclass
-class ExportConfig:
-    format: str = "keras"
-    dir: str | None = None
-    run: str = "latest"
-    model: str | None = None
-    quantize: str = "none"
-    opset: int = 17
-    overwrite: bool = False
-
-
-@dataclass
-class SweepConfig:
-    name: str | None = None
-    resume: bool = True
-
-
-@dataclass
 class FinalFitConfig:
     enabled: bool = True
     epochs: int | None = None
@@ -231,43 +193,6 @@ class FinalFitConfig:
     def validate(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"final_fit.epochs must be >= 1 or null, got {self.epochs}")
-
-
-@dataclass
-class ResultsConfig:
-    sweep: str = "latest"
-    experiment: str | None = None
-    top: int = 20
-    csv: str | None = None
-
-    def validate(self) -> None:
-        if self.top < 1:
-            raise UserError(f"results.top must be >= 1, got {self.top}")
-
-
-@dataclass
-class UiConfig:
-    host: str = "127.0.0.1"
-    port: int = 5000
-
-    def validate(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise UserError(f"ui.port must be between 1 and 65535, got {self.port}")
-
-
-@dataclass
-class ServerConfig:
-    """``cnnsearch server``: MLflow over PostgreSQL on this host's loopback interface."""
-
-    port: int = 5001
-    postgres_port: int | None = None   # null: any free port
-    postgres_bin: str | None = None    # folder of initdb and pg_ctl (null: find them)
-
-    def validate(self) -> None:
-        for key in ("port", "postgres_port"):
-            port = getattr(self, key)
-            if port is not None and not 1 <= port <= 65535:
-                raise UserError(f"server.{key} must be between 1 and 65535, got {port}")
 
 
 @dataclass
@@ -338,26 +263,3 @@ def cannot_listen(host: str, port: int) -> UserError:
     """The one line for a chief that cannot listen at ``distributed.bind``."""
     return UserError(f"distributed.bind={host}:{port}: the chief cannot listen there "
                      "(port in use, or not an address of this host)")
-
-
-@dataclass
-class Config:
-    seed: int = 0
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    search_space: dict[str, Any] = field(default_factory=dict)
-    tuner: TunerConfig = field(default_factory=TunerConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
-    results: ResultsConfig = field(default_factory=ResultsConfig)
-    ui: UiConfig = field(default_factory=UiConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
-
-
-def register_configs() -> None:
-    """Make the schema available to the ``cnnsearch_schema`` entry of config.yaml."""
-    ConfigStore.instance().store(name="cnnsearch_schema", node=Config)

@@ -7,16 +7,32 @@ values, so ``tracking`` needs nothing from keras-tuner or from search internals.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import SimpleNamespace
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 BEST_MODEL_FILE = "best_model.keras"   # the final model, in the sweep folder, before sweep_ended
+
+
+class Objective(StrEnum):
+    """What a trial's score is (``tuner.objective``)."""
+
+    val_accuracy = "val_accuracy"
+    accuracy = "accuracy"
+    val_loss = "val_loss"
+    loss = "loss"
+
+    @property
+    def default_direction(self) -> Direction:
+        return Direction.max if self.endswith("accuracy") else Direction.min
+
+
+class Direction(StrEnum):
+    min = "min"
+    max = "max"
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,9 @@ class SweepResult:
     skip_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_reason: str | None = None
+    model_path: str | None = None   # the final model (.keras), in the sweep folder
+    run_id: str | None = None       # the sweep's MLflow parent run (None: tracking=none)
+    leaderboard: Any = None         # the Python API's: the sweep's leaderboard DataFrame
 
 
 def trial_record(candidate: Any) -> SimpleNamespace:

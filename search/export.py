@@ -27,8 +27,8 @@ from cnnsearch.models.export import (
     onnx_opsets,
     predict_with_runtime,
 )
+from cnnsearch.models.native_logs import native_logs_hidden
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.native_logs import native_logs_hidden
 
 log = logging.getLogger(__name__)
 

@@ -30,21 +30,22 @@ from cnnsearch.search.config import (
     TrainingConfig,
     TunerConfig,
 )
-from cnnsearch.search.data import Dataset, load_dataset
+from cnnsearch.search.data.datasets import Dataset, load_dataset
+from cnnsearch.search.distributed.workers import WorkerPool
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import BEST_MODEL_FILE, Observers, SweepInfo, SweepResult
-from cnnsearch.search.hypermodel import CNNHyperModel
-from cnnsearch.search.kt_internals import (
+from cnnsearch.search.kt.hypermodel import CNNHyperModel
+from cnnsearch.search.kt.internals import (
     check_version,
     failure_stop_reason,
+    hyperband_parent,
     leave_search,
     repair_after_reload,
     rpc_failure,
     same_space,
 )
-from cnnsearch.search.space import SearchSpace
-from cnnsearch.search.tuners import SweepTuner, best_metric, completed_trials, make_tuner
-from cnnsearch.search.workers import WorkerPool
+from cnnsearch.search.kt.space import SearchSpace
+from cnnsearch.search.kt.tuners import SweepTuner, best_metric, completed_trials, make_tuner
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,7 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
         model = _final_model(tuner, data, spec, result)
         result.seconds = time.perf_counter() - started
         model.save(directory / BEST_MODEL_FILE)
+        result.model_path = str(directory / BEST_MODEL_FILE)
         (directory / "result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
         events.sweep_ended(result, model)
         return result, model
@@ -312,7 +314,7 @@ def _serve(tuner: SweepTuner, spec: SweepSpec, events: Observers,
            workers: WorkerPool | None, data: Dataset) -> str | None:
     """Hand the trials out to workers (``workers`` of this host, already started, and
     those of other hosts) and train a share here; returns why it stopped early, or None."""
-    from cnnsearch.search.distributed import Chief
+    from cnnsearch.search.distributed.chief import Chief
 
     chief = Chief(tuner.oracle, spec.distributed, spec.tuner.max_consecutive_failed_trials,
                   max_seconds=spec.tuner.max_seconds, lost=events.trial_lost)
@@ -343,7 +345,7 @@ def run_worker(spec: SweepSpec, observers: list | None = None,
         UserError: bad configuration, no chief answering, or a search space that
             differs from the chief's.
     """
-    from cnnsearch.search.distributed import connect, follow_parent
+    from cnnsearch.search.distributed.chief import connect, follow_parent
 
     follow_parent()
     space = validate(spec)
@@ -428,7 +430,7 @@ def epochs_behind(oracle, trial) -> int:
     """The epochs that trained ``trial``'s best weights: its best epoch and, for a
     Hyperband trial that went on from another's best weights, the epochs behind those
     (keras-tuner counts a trial's best step from its own first epoch)."""
-    parent = trial.hyperparameters.values.get("tuner/trial_id")
+    parent = hyperband_parent(trial)
     before = epochs_behind(oracle, oracle.get_trial(parent)) if parent else 0
     return before + int(trial.best_step) + 1
 

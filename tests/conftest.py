@@ -110,7 +110,7 @@ def replace(spec, **changes):
 
 @pytest.fixture(scope="session")
 def cnnsearch() -> list[str]:
-    """The installed console script next to this interpreter (or ``python -m search.cli``)."""
+    """The installed console script next to this interpreter (or ``python -m cnnsearch``)."""
     script = Path(sys.executable).parent / "cnnsearch"
     if script.exists():
         return [str(script)]

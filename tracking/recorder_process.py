@@ -119,6 +119,11 @@ class RecorderProcess:
         self._raise(self._call("open"))
         self._opened = True
 
+    @property
+    def parent_run_id(self) -> str | None:
+        """The sweep's MLflow parent run, once the child has made or continued it."""
+        return (self._state or {}).get("parent_id")
+
     def close(self) -> None:
         """End the child if no sweep ending did (an error before the sweep started)."""
         with self._lock:
@@ -153,9 +158,6 @@ class RecorderProcess:
 
     def trial_ended(self, outcome) -> None:
         self._send("trial_ended", outcome)
-
-    def candidate_skipped(self, reason: str, values: dict) -> None:
-        self._send("candidate_skipped", reason, dict(values))
 
     def trial_lost(self, trial_id: str, reason: str) -> None:
         self._send("trial_lost", trial_id, reason)
@@ -391,7 +393,7 @@ def _prepare_model_logging() -> None:
     checks the model's requirements against."""
     from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 
-    from cnnsearch.search.native_logs import start_keras
+    from cnnsearch.models.native_logs import start_keras
     from cnnsearch.tracking.runs import model_requirements
 
     start_keras()

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from cnnsearch.search.config import Objective  # noqa: E402
+from cnnsearch.search.events import Objective  # noqa: E402
 from cnnsearch.tracking.store import TAG_ROLE  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,9 @@ def leaderboard(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
         rows.append({
             "trial": tags.get("cnnsearch.trial_id", ""),
             "status": tags.get("cnnsearch.status", run.info.status.lower()),
-            # runs recorded before cnnsearch 0.2 named them score and params
-            "score": metrics.get(f"best_{objective}", metrics.get("score")),
+            "score": metrics.get(f"best_{objective}"),
             "val_accuracy": metrics.get("best_val_accuracy"),
-            "params": metrics.get("param_count", metrics.get("params")),
+            "params": metrics.get("param_count"),
             "flops": metrics.get("flops"),
             "train_seconds": metrics.get("train_seconds"),
             "epochs_run": metrics.get("epochs_run"),
@@ -92,12 +91,12 @@ def sweep_objective(parent) -> tuple[str, bool]:
 def pareto_front(table: pd.DataFrame) -> pd.Series:
     """True for completed trials that no other trial beats on both accuracy and size."""
     done = table.dropna(subset=["val_accuracy", "params"])
-    front = pd.Series(False, index=table.index)
-    for index, row in done.iterrows():
-        better = done[(done.val_accuracy >= row.val_accuracy) & (done.params <= row.params)
-                      & ((done.val_accuracy > row.val_accuracy) | (done.params < row.params))]
-        front[index] = better.empty
-    return front
+    best_of_size = done.groupby("params").val_accuracy.max()   # sizes in ascending order
+    best_smaller = best_of_size.cummax().shift(fill_value=float("-inf"))
+    # the best of its size (ties with it too), and better than every smaller trial
+    undominated = ((done.val_accuracy == done.params.map(best_of_size))
+                   & (done.val_accuracy > done.params.map(best_smaller)))
+    return undominated.reindex(table.index, fill_value=False)
 
 
 def log_plots(client: MlflowClient, run_id: str, table: pd.DataFrame, name: str,

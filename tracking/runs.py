@@ -85,7 +85,6 @@ class MlflowRecorder:
         self.experiment_id = experiment_id(self.client, spec)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}   # trial id -> open child run id
-        self.skipped = 0
         self.objective = "val_accuracy"
         self.sweep_name = ""
         self.owns_parent = True   # False in a distributed sweep's worker
@@ -280,9 +279,6 @@ class MlflowRecorder:
         status = "FINISHED" if outcome.status == "completed" else "FAILED"
         # a failed trial's reason, or why a completed one trained fewer epochs (pruned, budget)
         self._end_child(outcome.trial_id, status, outcome.reason or outcome.stopped_early)
-
-    def candidate_skipped(self, reason: str, values: dict) -> None:
-        self.skipped += 1
 
     # -- helpers ---------------------------------------------------------------
 

@@ -28,7 +28,7 @@ def test_help_lists_the_commands(cnnsearch, cli_env, tmp_path):
 
 
 def test_the_ui_command_loads_neither_keras_nor_tensorflow(cli_env, tmp_path):
-    code = ("import sys; import cnnsearch.search.commands, cnnsearch.search.cli; "
+    code = ("import sys; import cnnsearch.search.app.commands, cnnsearch.search.app.cli; "
             "print(sorted(m for m in ('keras', 'tensorflow', 'keras_tuner') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=cli_env, cwd=tmp_path, timeout=120)

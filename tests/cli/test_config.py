@@ -10,8 +10,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cnnsearch.search.cli import whole_space_values
-from cnnsearch.search.commands import sweep_spec, tracking_spec
+from cnnsearch.search.app.cli import whole_space_values
+from cnnsearch.search.app.commands import sweep_spec, tracking_spec
+from cnnsearch.search.app.config import register_configs
 from cnnsearch.search.config import (
     SPACE_KEYS,
     DataConfig,
@@ -19,11 +20,10 @@ from cnnsearch.search.config import (
     TrainingConfig,
     TunerConfig,
     TunerName,
-    register_configs,
 )
-from cnnsearch.search.data import load_dataset
+from cnnsearch.search.data.datasets import load_dataset
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.space import SearchSpace
+from cnnsearch.search.kt.space import SearchSpace
 from cnnsearch.search.sweep import SweepSpec, validate
 from cnnsearch.tracking.store import TrackingError, open_store
 from tests.conftest import CONF_DIR, load_space

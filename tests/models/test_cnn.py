@@ -7,7 +7,7 @@ import pytest
 from cnnsearch.models.architecture import Architecture, Block, Head
 from cnnsearch.models.cnn import OPTIMIZERS, build_model, compile_model
 from cnnsearch.search.config import DataConfig
-from cnnsearch.search.data import load_dataset
+from cnnsearch.search.data.datasets import load_dataset
 from tests.conftest import run_without_cnnsearch
 
 

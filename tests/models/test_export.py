@@ -26,7 +26,7 @@ from cnnsearch.models.export import (
     predict_with_runtime,
 )
 from cnnsearch.search.config import DataConfig
-from cnnsearch.search.data import load_dataset
+from cnnsearch.search.data.datasets import load_dataset
 from cnnsearch.search.export import FLOAT_TOLERANCE, QUANTIZED_AGREEMENT, parity
 from tests.conftest import run_without_cnnsearch
 

@@ -2,7 +2,7 @@
 subcommand and every data file format gets bad values. Each case must end in one short
 line naming the problem, exit status 2, no traceback and nothing written under paths.root.
 
-The cases run through ``search.cli.main`` (what the console script calls) in one fresh
+The cases run through ``search.app.cli.main`` (what the console script calls) in one fresh
 process; a slow test runs each through the installed console script itself.
 """
 
@@ -281,13 +281,13 @@ def _check_one_line_error(code, stdout, stderr, root, label) -> None:
     assert not root.exists() or list(root.rglob("*")) == [], list(root.rglob("*"))
 
 
-# Calls search.cli.main (what the console script runs) once per case in ONE fresh process,
+# Calls search.app.cli.main (what the console script runs) once per case in ONE fresh process,
 # fds 1 and 2 redirected to a file pair per case: every case in a clean process would pay
 # TensorFlow's import each time, and in pytest's own process Hydra reconfigures logging.
 DRIVER = """
 import json, os, sys
 from hydra.core.global_hydra import GlobalHydra
-from cnnsearch.search.cli import main
+from cnnsearch.search.app.cli import main
 
 cases, folder = json.loads(sys.argv[1]), sys.argv[2]
 codes, saved = [], (os.dup(1), os.dup(2))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from cnnsearch.models.cnn import build_model, compile_model
 from cnnsearch.search.config import SPACE_KEYS
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.space import SearchSpace, candidate_from_values, skip_reason
+from cnnsearch.search.kt.space import SearchSpace, candidate_from_values, skip_reason
 
 pytestmark = pytest.mark.reliability
 

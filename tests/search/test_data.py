@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnsearch.search import data as data_module
 from cnnsearch.search.config import DataConfig
-from cnnsearch.search.data import KERAS_CLASS_NAMES, load_dataset
+from cnnsearch.search.data import datasets as data_module
+from cnnsearch.search.data.datasets import KERAS_CLASS_NAMES, load_dataset
 from cnnsearch.search.errors import UserError
 
 NPZ_LABELS = (3, 5, 7)

@@ -23,8 +23,8 @@ import psutil
 import pytest
 
 from cnnsearch.search.config import DistributedConfig, Role, address
+from cnnsearch.search.distributed.workers import check_listen, worker_env
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.workers import check_listen, worker_env
 from tests.conftest import error_lines
 from tests.tracking.conftest import open_experiment, run_cli, start_cli, wait_for_text
 

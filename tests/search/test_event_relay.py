@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cnnsearch.search.event_relay import EventRelay, RelayedRecorder
+from cnnsearch.search.distributed.relay import EventRelay, RelayedRecorder
 from cnnsearch.search.events import TrialOutcome
 from cnnsearch.tracking.config import TrackingError
 
@@ -92,7 +92,7 @@ def test_a_recording_error_reaches_the_worker_and_the_chief():
 def test_the_events_a_worker_sent_before_it_died_are_all_handed_on():
     relay, recorder = EventRelay(), Recorder()
     relay.attach(recorder)
-    script = ("import sys; from cnnsearch.search.event_relay import RelayedRecorder\n"
+    script = ("import sys; from cnnsearch.search.distributed.relay import RelayedRecorder\n"
               "w = RelayedRecorder.from_env(); w.open()\n"
               "for epoch in range(200): w.epoch_ended('0', epoch, {'loss': 1.0})\n"
               "import os; os._exit(9)\n")   # dies without closing anything

@@ -9,7 +9,7 @@ import keras_tuner as kt
 import pytest
 
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.kt_internals import (
+from cnnsearch.search.kt.internals import (
     TESTED_VERSIONS,
     check_version,
     failure_stop_reason,

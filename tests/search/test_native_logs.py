@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cnnsearch.search.native_logs import native_logs_hidden
+from cnnsearch.models.native_logs import native_logs_hidden
 
 NATIVE = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
@@ -52,7 +52,7 @@ def test_what_was_written_survives_an_error_in_the_block(capfd, monkeypatch):
 
 
 def test_starting_keras_prints_no_native_line():
-    code = ("from cnnsearch.search.native_logs import start_keras; start_keras(); "
+    code = ("from cnnsearch.models.native_logs import start_keras; start_keras(); "
             "import sys; print('ready', file=sys.stderr)")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from cnnsearch.search.commands import _sigterm_as_interrupt
+from cnnsearch.search.app.commands import _sigterm_as_interrupt
 
 
 def _signal_self(signum: int = signal.SIGTERM) -> None:

@@ -1,4 +1,4 @@
-"""Tests for search.space: presets, keras-tuner declaration, candidates and one-line errors."""
+"""Tests for search.kt.space: presets, keras-tuner declaration, candidates and one-line errors."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from cnnsearch.search.config import BLOCK_KEYS, SPACE_KEYS
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.space import SearchSpace, candidate_from_values, skip_reason
+from cnnsearch.search.kt.space import SearchSpace, candidate_from_values, skip_reason
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "search_space"
 PRESETS = sorted(PRESET_DIR.glob("*.yaml"))

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from cnnsearch.search.stopping import best_up_to, median_at
+from cnnsearch.search.kt.stopping import best_up_to, median_at
+from cnnsearch.search.kt.tuners import HISTORY_FILE
 from cnnsearch.search.sweep import run_sweep
-from cnnsearch.search.tuners import HISTORY_FILE
 
 HISTORY = [(0, 0.5), (1, 0.7), (2, 0.6)]
 

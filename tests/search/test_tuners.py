@@ -13,12 +13,12 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-import cnnsearch.search.hypermodel
+import cnnsearch.search.kt.hypermodel
 import cnnsearch.search.sweep
-from cnnsearch.search.data import load_dataset
+from cnnsearch.search.data.datasets import load_dataset
 from cnnsearch.search.errors import SweepStopped, UserError, disk_full
-from cnnsearch.search.hypermodel import CNNHyperModel
-from cnnsearch.search.kt_internals import BestEpochInMemory
+from cnnsearch.search.kt.hypermodel import CNNHyperModel
+from cnnsearch.search.kt.internals import BestEpochInMemory
 from cnnsearch.search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
 from tests.conftest import Recorder
 
@@ -50,14 +50,14 @@ def failing_build(monkeypatch):
     """Make building a candidate raise for the architectures ``fails(arch)`` selects."""
 
     def install(fails) -> None:
-        real = cnnsearch.search.hypermodel.build_model
+        real = cnnsearch.search.kt.hypermodel.build_model
 
         def build_model(arch):
             if fails(arch):
                 raise RuntimeError(f"injected build failure ({arch.blocks[0].filters} filters)")
             return real(arch)
 
-        monkeypatch.setattr(cnnsearch.search.hypermodel, "build_model", build_model)
+        monkeypatch.setattr(cnnsearch.search.kt.hypermodel, "build_model", build_model)
 
     return install
 

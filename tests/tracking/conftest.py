@@ -139,12 +139,12 @@ def swept(tmp_path_factory) -> Swept:
 
 @pytest.fixture
 def cli_in_process(monkeypatch, capfd):
-    """``search.cli.main`` (what the console script calls) in this process: the same code
+    """``search.app.cli.main`` (what the console script calls) in this process: the same code
     without paying TensorFlow's import per call. Returns (exit code, stdout, stderr)."""
     import mlflow
     from hydra.core.global_hydra import GlobalHydra
 
-    from cnnsearch.search.cli import main
+    from cnnsearch.search.app.cli import main
 
     logger = logging.getLogger()
     handlers, level = logger.handlers[:], logger.level

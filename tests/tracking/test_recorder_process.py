@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cnnsearch.models.architecture import Architecture, Block, Head
-from cnnsearch.search.cli import configure_logging
+from cnnsearch.search.app.console import configure_logging
 from cnnsearch.search.errors import SweepStopped
 from cnnsearch.search.events import BEST_MODEL_FILE, SweepInfo, SweepResult, TrialOutcome
 from cnnsearch.tracking.config import TrackingConfig, TrackingError
@@ -114,7 +114,7 @@ def test_the_runs_are_closed_when_the_sweep_process_dies_without_a_word(tmp_path
 
 @pytest.mark.slow   # a whole sweep in a fresh process: ~15 s
 def test_the_sweeps_own_process_never_imports_mlflow(tmp_path):
-    code = ("import sys; from cnnsearch.search.cli import main; "
+    code = ("import sys; from cnnsearch.search.app.cli import main; "
             f"code = main(['sweep', *{QUICK!r}, 'paths.root={tmp_path}']); "
             "print('mlflow imported:', 'mlflow' in sys.modules, 'exit', code)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

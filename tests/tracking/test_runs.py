@@ -19,7 +19,7 @@ import yaml
 from mlflow.entities import LoggedModelStatus
 
 from cnnsearch.search.config import DataConfig
-from cnnsearch.search.data import load_dataset
+from cnnsearch.search.data.datasets import load_dataset
 from tests.conftest import error_lines, run_without_cnnsearch
 from tests.tracking.conftest import (
     QUICK,

@@ -1,8 +1,8 @@
 """The worker processes a sweep starts on this host, each the same ``cnnsearch sweep``
 command as a worker (``distributed.role=worker``) for the chief (see
-``search.distributed``), with its share of the CPU threads or a GPU.
+``search.distributed.chief``), with its share of the CPU threads or a GPU.
 
-Kept apart from ``search.distributed`` so that starting them imports neither keras-tuner
+Kept apart from ``search.distributed.chief`` so that starting them imports neither keras-tuner
 nor TensorFlow: the chief starts its workers before it imports them itself, and their
 start-ups overlap.
 """
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from cnnsearch.search.config import DistributedConfig, Role, address, cannot_listen
-from cnnsearch.search.event_relay import EventRelay
+from cnnsearch.search.distributed.relay import EventRelay
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class WorkerPool:
     for the chief at ``distributed.chief`` (role=worker) or at ``distributed.bind``.
 
     Each worker's output is relayed line by line to this process's stderr, prefixed
-    with its name; each ends with this process (``search.distributed.follow_parent``).
+    with its name; each ends with this process (``search.distributed.chief.follow_parent``).
     With a ``relay``, the workers record their trials through this process's recorder.
     When the chief trains too, it is share 0 of ``distributed.workers`` (its threads or
     GPU, set in this process's environment by :meth:`start`, before it imports Keras).

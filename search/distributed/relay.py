@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 ADDRESS_ENV = "CNNSEARCH_RELAY_ADDRESS"
 KEY_ENV = "CNNSEARCH_RELAY_KEY"
 # what a worker relays; the sweep's own events (start, end, failure) are the chief's
-EVENTS = ("trial_started", "epoch_ended", "trial_ended", "candidate_skipped")
+EVENTS = ("trial_started", "epoch_ended", "trial_ended")
 
 
 class EventRelay:
@@ -149,9 +149,6 @@ class RelayedRecorder:
 
     def trial_ended(self, outcome) -> None:
         self._send("trial_ended", outcome)
-
-    def candidate_skipped(self, reason: str, values: dict) -> None:
-        self._send("candidate_skipped", reason, dict(values))
 
     def _send(self, event: str, *args) -> None:
         with self._lock:

@@ -27,17 +27,19 @@ from dataclasses import dataclass, field
 import grpc
 
 from cnnsearch.search.config import DistributedConfig, address
+from cnnsearch.search.distributed.workers import PARENT_ENV, WorkerPool
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.kt_internals import (
+from cnnsearch.search.kt.internals import (
     OracleServer,
+    consecutive_failures,
     give_back_trial,
     ongoing_trials,
     quiet_trial_protos,
     set_rpc_timeout,
     stop_new_trials,
     trials_waiting,
+    tuners_asking,
 )
-from cnnsearch.search.workers import PARENT_ENV, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +177,14 @@ class Chief:
     def _finished(self, pool: WorkerPool | None, trained: bool) -> bool:
         """Every trial is over and no other will start (the chief's own search asked for
         one and was told to stop, or a worker was)."""
-        stopping = trained or self.server.servicer.stop_triggered
+        stopping = trained or self.server.told_a_worker_to_stop
         waiting = trained and trials_waiting(self.oracle) and self.stopped_reason is None
-        if stopping and not ongoing_trials(self.oracle) and not self.oracle.tuner_ids \
+        if stopping and not ongoing_trials(self.oracle) and not tuners_asking(self.oracle) \
                 and not waiting:
             return True
         if pool is not None and not pool.running and self.spec.role is None and not trained:
             self._check_workers(pool)
-            if ongoing_trials(self.oracle) or not self.server.servicer.stop_triggered:
+            if ongoing_trials(self.oracle) or not self.server.told_a_worker_to_stop:
                 raise UserError("every worker process ended before the search was over "
                                 "(their last lines are above)")
             return True
@@ -226,7 +228,7 @@ class Chief:
             return
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._stop(f"time budget tuner.max_seconds={self.max_seconds:g} reached")
-        failures = _consecutive_failures(self.oracle)
+        failures = consecutive_failures(self.oracle)
         if failures >= self.max_failures:
             self._stop(f"{failures} consecutive failed trials "
                        "(tuner.max_consecutive_failed_trials)")
@@ -236,12 +238,3 @@ class Chief:
         if reason is not None and self.stopped_reason is None:
             self.stopped_reason = reason
             stop_new_trials(self.oracle)
-
-
-def _consecutive_failures(oracle) -> int:
-    count = 0
-    for trial_id in reversed(oracle.end_order):
-        if oracle.trials[trial_id].status != "FAILED":
-            break
-        count += 1
-    return count

@@ -1,4 +1,4 @@
-"""The trial lifecycle: the configured keras-tuner tuner over our oracles (search/oracles.py).
+"""The trial lifecycle: the configured keras-tuner tuner over our oracles (search/kt/oracles.py).
 
 * The tuner turns a NaN or infinite loss into a failed trial and reports each trial and
   epoch to the sweep's observers. keras-tuner itself clears the Keras session before
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -23,16 +22,18 @@ import psutil
 
 from cnnsearch.search.config import Pruning, TunerConfig, TunerName
 from cnnsearch.search.events import Observers, TrialOutcome
-from cnnsearch.search.hypermodel import CNNHyperModel
-from cnnsearch.search.kt_internals import (
+from cnnsearch.search.kt.hypermodel import CNNHyperModel
+from cnnsearch.search.kt.internals import (
     BestEpochInMemory,
     TunerHooks,
     is_best_epoch_checkpoint,
     is_tuner_callback,
     is_worker_oracle,
+    stop_new_trials,
 )
-from cnnsearch.search.oracles import make_oracle
-from cnnsearch.search.stopping import PruningRule, StopRules
+from cnnsearch.search.kt.oracles import make_oracle
+from cnnsearch.search.kt.stopping import PruningRule, StopRules
+from cnnsearch.search.tf_internals import custom_gradients, forget_custom_gradients
 
 TrialStatus = kt.engine.trial.TrialStatus
 HISTORY_FILE = "objective_per_epoch.json"   # in each trial's folder: for median stopping
@@ -71,7 +72,7 @@ class _EpochReporter(keras.callbacks.Callback):
 class SweepTuner(TunerHooks, kt.Tuner):
     """``kt.Tuner`` with a NaN or infinite loss as failure, asynchronous batch dispatch,
     observer events, and trials that end early with the time budget or by median stopping
-    (search/stopping.py).
+    (search/kt/stopping.py).
     """
 
     def __init__(self, oracle, hypermodel: CNNHyperModel, observers: Observers,
@@ -104,11 +105,11 @@ class SweepTuner(TunerHooks, kt.Tuner):
         stops = self._stop_rules(trial.trial_id)
         self._stops[trial.trial_id] = stops
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), reporter, stops]
-        registered = _custom_gradients()
+        registered = custom_gradients()
         try:
             histories = super().run_trial(trial, *args, **kwargs)
         finally:
-            _forget_custom_gradients(keep=registered)
+            forget_custom_gradients(keep=registered)
         for history in histories if isinstance(histories, list) else [histories]:
             losses = getattr(history, "history", {}).get("loss", [])
             bad = [(i, loss) for i, loss in enumerate(losses) if not math.isfinite(loss)]
@@ -170,7 +171,7 @@ class SweepTuner(TunerHooks, kt.Tuner):
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.out_of_time = True
             if not is_worker_oracle(self.oracle):   # a chief stops its workers itself
-                self.oracle.max_trials = len(self.oracle.trials)  # no new trial starts
+                stop_new_trials(self.oracle)
 
     def _outcome(self, trial) -> TrialOutcome:
         seconds = time.perf_counter() - self._started.pop(trial.trial_id, time.perf_counter())
@@ -229,32 +230,6 @@ def make_tuner(spec: TunerConfig, hypermodel: CNNHyperModel, observers: Observer
                        pruning=pruning, directory=directory,
                        project_name=project_name, overwrite=overwrite,
                        executions_per_trial=spec.executions_per_trial)
-
-
-def _custom_gradients() -> set[str]:
-    """Names in TensorFlow's gradient registry made by ``tf.custom_gradient``."""
-    registry = _gradient_registry()
-    return {name for name in registry if name.startswith("CustomGradient-")}
-
-
-def _forget_custom_gradients(keep: set[str]) -> None:
-    """Unregister the custom gradients a finished trial's training traced.
-
-    Keras 3's TensorFlow optimizer registers a ``tf.custom_gradient`` (an all-reduce)
-    in TensorFlow's global registry at every trace of a train step, and nothing ever
-    unregisters it: each trial's whole train graph stays reachable, ~10 MB a trial
-    (tensorflow/tensorflow#80895, keras-team/keras#20245). The trial's model is
-    gone after the trial, so its entries are dead weight.
-    """
-    registry = _gradient_registry()
-    for name in _custom_gradients() - keep:
-        del registry[name]
-
-
-def _gradient_registry() -> dict:
-    # Only where TensorFlow is already loaded (its backend): search/ never imports it.
-    ops = sys.modules.get("tensorflow.python.framework.ops")
-    return getattr(getattr(ops, "_gradient_registry", None), "_registry", {})
 
 
 def completed_trials(tuner: SweepTuner) -> dict[str, dict[str, float]]:

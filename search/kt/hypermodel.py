@@ -7,7 +7,7 @@ import keras_tuner as kt
 
 from cnnsearch.models.cnn import build_model, compile_model
 from cnnsearch.search.config import TrainingConfig
-from cnnsearch.search.space import Candidate, SearchSpace, candidate_from_values, skip_reason
+from cnnsearch.search.kt.space import Candidate, SearchSpace, candidate_from_values, skip_reason
 
 
 class CNNHyperModel(kt.HyperModel):

@@ -13,8 +13,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from cnnsearch.search import idx
 from cnnsearch.search.config import DataConfig
+from cnnsearch.search.data import idx
 from cnnsearch.search.errors import UserError
 
 if TYPE_CHECKING:

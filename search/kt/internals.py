@@ -191,6 +191,11 @@ class OracleServer:
             raise cannot_listen(host, port)
         self.server.start()
 
+    @property
+    def told_a_worker_to_stop(self) -> bool:
+        """Whether a worker asked for a trial and was told the search is over."""
+        return self.servicer.stop_triggered
+
     def stop(self) -> None:
         self.server.stop(grace=1).wait()
 
@@ -248,6 +253,26 @@ def give_back_trial(oracle, tuner_id: str, trial_id: str, retry: bool, message: 
     trial = oracle.trials[trial_id]
     trial.status, trial.message = kt.engine.trial.TrialStatus.FAILED, message
     oracle.end_trial(trial)
+
+
+def tuners_asking(oracle) -> bool:
+    """Whether a tuner may still ask for a trial (none has been told to stop it)."""
+    return bool(oracle.tuner_ids)
+
+
+def consecutive_failures(oracle) -> int:
+    """Trials that failed in a row, the latest last."""
+    count = 0
+    for trial_id in reversed(oracle.end_order):
+        if oracle.trials[trial_id].status != kt.engine.trial.TrialStatus.FAILED:
+            break
+        count += 1
+    return count
+
+
+def hyperband_parent(trial) -> str | None:
+    """The trial whose best weights a Hyperband trial went on from (None: none)."""
+    return trial.hyperparameters.values.get("tuner/trial_id")
 
 
 def trials_waiting(oracle) -> bool:

@@ -8,14 +8,13 @@ line (no traceback) and exit with status 2.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-COMMANDS = {
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+COMMAND_HELP = {
     "sweep": "search CNN architectures with keras-tuner (the main job)",
     "results": "leaderboard of the latest sweep (or results.sweep=<run id>), CSV too",
     "export": "the winner to .keras, SavedModel, ONNX or TFLite (export.format=...|all)",
@@ -51,19 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch ``cnnsearch <command> ...`` to the command's Hydra application."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        commands = "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items())
+        commands = "\n".join(f"  {name:<8} {text}" for name, text in COMMAND_HELP.items())
         print(USAGE.format(commands=commands))
         return 0
     if argv[0] == "--version":
         print(f"cnnsearch {version('cnnsearch')}")
         return 0
     command = argv[0]
-    if command not in COMMANDS:
-        return _fail(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # MLflow draws a progress bar on stderr for every artifact it downloads (with tqdm
-    # installed): noise around our one-line messages.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if command not in COMMAND_HELP:
+        return _fail(f"unknown command {command!r}; choose from {', '.join(COMMAND_HELP)}")
+    quiet_libraries()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach us raw; we print them in one line
     sys.argv = [f"cnnsearch-{command}", *whole_space_values(argv[1:])]
     try:
@@ -72,11 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         print("cnnsearch: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - sorted into user errors and bugs below
-        message = _user_message(error)
+        message = user_message(error)
         if message is None:
             raise
         return _fail(message)
     return 0
+
+
+def quiet_libraries() -> None:
+    """No TensorFlow C++ chatter, and no MLflow progress bar on stderr for every artifact
+    it downloads (with tqdm installed): noise around our one-line messages."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def whole_space_values(args: list[str]) -> list[str]:
@@ -104,44 +107,28 @@ def _hydra_app(command: str):
     import hydra
     from omegaconf import DictConfig
 
-    from cnnsearch.search.config import register_configs
+    from cnnsearch.search.app.config import register_configs
 
     register_configs()
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
+        from cnnsearch.search.app import commands
+        from cnnsearch.search.app.console import configure_logging
+
         configure_logging()
-        from cnnsearch.search import commands
         from cnnsearch.search.errors import UserError
         from cnnsearch.tracking.config import TrackingError
 
         try:
-            getattr(commands, f"{command}_command")(cfg)
+            commands.COMMANDS[command](cfg)
         except (UserError, TrackingError) as error:  # exit before Hydra adds its own lines
             raise SystemExit(_fail(str(error))) from None
 
     return app
 
 
-def configure_logging() -> None:
-    """Console logging of every cnnsearch process (rich in a terminal, plain lines else)."""
-    from rich.logging import RichHandler
-
-    from cnnsearch.search.commands import console
-
-    handler = (RichHandler(console=console, show_path=False) if console.is_terminal
-               else logging.StreamHandler(sys.stderr))
-    if not console.is_terminal:
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s",
-                                               "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(logging.INFO)
-    for noisy in ("absl", "tensorflow", "tf2onnx", "h5py", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _user_message(error: Exception) -> str | None:
+def user_message(error: Exception) -> str | None:
     """One line for an error the user can fix, None for a bug."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

@@ -17,20 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
-from cnnsearch.search.config import Config, DataConfig, Role
+from cnnsearch.models.native_logs import start_keras
+from cnnsearch.search.app.config import Config
+from cnnsearch.search.app.console import console, report
+from cnnsearch.search.config import DataConfig, Role
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import SweepResult
-from cnnsearch.search.native_logs import start_keras
 from cnnsearch.tracking.config import TrackingConfig, TrackingMode, redact
 
 # Keras, TensorFlow and MLflow load inside the commands that need them: `cnnsearch ui`
 # starts without them.
 
-console = Console(stderr=True)
-report = Console(width=None if Console().is_terminal else 200)   # tables on stdout
 log = logging.getLogger("cnnsearch")
 
 
@@ -82,54 +81,57 @@ def tracking_spec(cfg: DictConfig) -> TrackingConfig:
     return tracking
 
 
-def sweep_command(cfg: DictConfig) -> SweepResult | None:
+def sweep_command(cfg: DictConfig, overrides: list[str] | None = None,
+                  show: bool = True) -> SweepResult | None:
     """``cnnsearch sweep``: run one sweep and print its summary table (a worker: train
-    the trials its chief hands out)."""
+    the trials its chief hands out). ``overrides``: what composed ``cfg``, for the
+    workers this host starts (default: the command line's); ``show``: print the table."""
+    overrides = _overrides() if overrides is None else overrides
     distributed = typed(cfg).distributed
     distributed.validate()
     if distributed.role == Role.worker and distributed.workers > 1:
-        return _local_workers(distributed)
+        return _local_workers(distributed, overrides)
     pool = None
     if distributed.enabled and distributed.role != Role.worker:
-        from cnnsearch.search.event_relay import EventRelay
-        from cnnsearch.search.workers import WorkerPool, check_listen, with_port
+        from cnnsearch.search.distributed.relay import EventRelay
+        from cnnsearch.search.distributed.workers import WorkerPool, check_listen, with_port
 
         check_listen(distributed)   # a port in use: one line, nothing touched yet
         if distributed.worker_processes:   # started before this process imports Keras
             distributed = with_port(distributed)   # their start-ups overlap
             relay = EventRelay() if tracking_spec(cfg).enabled else None   # one recorder
-            pool = WorkerPool(_overrides(), distributed, relay)
+            pool = WorkerPool(overrides, distributed, relay)
             pool.start()
     try:
-        return _sweep(cfg, distributed, pool)
+        return _sweep(cfg, distributed, pool, show)
     finally:
         if pool is not None:
             pool.stop()
 
 
-def _sweep(cfg: DictConfig, distributed, pool) -> SweepResult | None:
+def _sweep(cfg: DictConfig, distributed, pool, show: bool) -> SweepResult | None:
     tracking = tracking_spec(cfg)
     recorder = None
     if tracking.enabled and distributed.role == Role.worker:   # one started by a chief
-        from cnnsearch.search.event_relay import RelayedRecorder  # records through it
+        from cnnsearch.search.distributed.relay import RelayedRecorder  # records through it
 
         recorder = RelayedRecorder.from_env()
     if tracking.enabled and recorder is None:   # started first: MLflow's start-up
-        from cnnsearch.search.cli import configure_logging  # overlaps Keras's
+        from cnnsearch.search.app.console import configure_logging  # overlaps Keras's
         from cnnsearch.tracking.recorder_process import RecorderProcess
 
         recorder = RecorderProcess(tracking, configure_logging,
                                    logs_model=distributed.role != Role.worker)
     try:
-        return _run_sweep(cfg, distributed, pool, recorder)
+        return _run_sweep(cfg, distributed, pool, recorder, show)
     finally:
         if recorder is not None:
             recorder.close()
 
 
-def _run_sweep(cfg: DictConfig, distributed, pool, recorder) -> SweepResult | None:
+def _run_sweep(cfg: DictConfig, distributed, pool, recorder, show: bool) -> SweepResult | None:
     start_keras()
-    from cnnsearch.search.data import load_dataset
+    from cnnsearch.search.data.datasets import load_dataset
     from cnnsearch.search.progress import ProgressDisplay
     from cnnsearch.search.sweep import run_sweep, run_worker, validate
 
@@ -149,16 +151,18 @@ def _run_sweep(cfg: DictConfig, distributed, pool, recorder) -> SweepResult | No
             run_worker(spec, [*observers, interrupted], data=data)
             return None
         result, _ = run_sweep(spec, [*observers, interrupted], data=data, workers=pool)
-    report.print(summary_table(result))
+    result.run_id = recorder.parent_run_id if recorder is not None else None
+    if show:
+        report.print(summary_table(result))
     return result
 
 
-def _local_workers(distributed) -> None:
+def _local_workers(distributed, overrides: list[str]) -> None:
     """``distributed.role=worker distributed.workers=N``: N worker processes here for a
     chief elsewhere, until they end."""
-    from cnnsearch.search.workers import WorkerPool
+    from cnnsearch.search.distributed.workers import WorkerPool
 
-    pool = WorkerPool(_overrides(), distributed)
+    pool = WorkerPool(overrides, distributed)
     with _sigterm_as_interrupt():
         pool.start()
         try:
@@ -170,8 +174,9 @@ def _local_workers(distributed) -> None:
                         f"failed ({', '.join(failed)}; their last lines are above)")
 
 
-def results_command(cfg: DictConfig) -> pd.DataFrame:
-    """``cnnsearch results``: the leaderboard of a sweep, printed and optionally as CSV."""
+def results_command(cfg: DictConfig, show: bool = True) -> pd.DataFrame:
+    """``cnnsearch results``: the leaderboard of a sweep, printed (``show``) and
+    optionally as CSV."""
     from cnnsearch.tracking.results import latest_sweep, leaderboard
     from cnnsearch.tracking.store import experiment_id, open_store, reconcile_stale_runs
 
@@ -200,7 +205,8 @@ def results_command(cfg: DictConfig) -> pd.DataFrame:
             raise UserError(f"results.sweep={cfg.results.sweep} is not a run in "
                             f"{tracking.display_uri}") from None
     table = leaderboard(client, parent.info.run_id)
-    report.print(leaderboard_table(table.head(cfg.results.top), parent.info.run_name))
+    if show:
+        report.print(leaderboard_table(table.head(cfg.results.top), parent.info.run_name))
     if cfg.results.csv:
         table.to_csv(cfg.results.csv, index=False)
         log.info("wrote %d rows to %s", len(table), cfg.results.csv)
@@ -294,14 +300,15 @@ def _wait_until_up(url: str, server: subprocess.Popen, timeout: float = 60.0) ->
     return False
 
 
-def export_command(cfg: DictConfig) -> dict:
-    """``cnnsearch export``: the winner in the requested formats, each parity-checked."""
+def export_command(cfg: DictConfig, show: bool = True) -> dict:
+    """``cnnsearch export``: the winner in the requested formats, each parity-checked;
+    the manifest of what was written (printed as a table with ``show``)."""
     import json
 
     start_keras()
     import keras
 
-    from cnnsearch.search.data import load_dataset
+    from cnnsearch.search.data.datasets import load_dataset
     from cnnsearch.search.export import (
         ExportSource,
         ExportSpec,
@@ -344,7 +351,8 @@ def export_command(cfg: DictConfig) -> dict:
     manifest = export_winner(source, spec)
     if tracking.enabled:
         log_export(client, run_id, directory)
-    report.print(export_table(manifest, directory))
+    if show:
+        report.print(export_table(manifest, directory))
     return manifest
 
 
@@ -479,3 +487,7 @@ def summary_table(result: SweepResult) -> Table:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+COMMANDS = {"sweep": sweep_command, "results": results_command, "export": export_command,
+            "ui": ui_command, "server": server_command}   # what `cnnsearch <command>` runs

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import keras_tuner as kt
 
 from cnnsearch.search.config import TunerConfig
-from cnnsearch.search.kt_internals import FilteredDraws
+from cnnsearch.search.kt.internals import FilteredDraws
 
 TrialStatus = kt.engine.trial.TrialStatus
 
