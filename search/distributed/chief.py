@@ -1,4 +1,5 @@
-"""Several trials at once: a chief serves the oracle, worker processes train the trials.
+"""Several trials at once: a chief serves the oracle and trains a share of the trials,
+worker processes train the rest.
 
 The engine is keras-tuner's distributed mode: the chief serves its oracle over gRPC
 (keras-tuner's ``OracleServicer``) and each worker's tuner asks it for trials through
@@ -93,7 +94,8 @@ def follow_parent() -> None:
 
 @dataclass
 class Chief:
-    """Serves the sweep's oracle to its workers until the search is over.
+    """Serves the sweep's oracle to its workers (and to its own search, when it trains
+    too) until the search is over.
 
     Args:
         oracle: the sweep's keras-tuner oracle (this process's).
