@@ -45,12 +45,13 @@ from cnnsearch.search.kt.internals import (
     same_space,
 )
 from cnnsearch.search.kt.space import SearchSpace
+from cnnsearch.search.kt.stopping import budget_reached
 from cnnsearch.search.kt.tuners import SweepTuner, best_metric, completed_trials, make_tuner
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "sweep.json"
-LOCK_FILE = ".cnnsearch.lock"   # held by the process running the sweep (flock)
+SWEEP_LOCK = ".cnnsearch.lock"   # held by the process running the sweep (flock)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -216,18 +217,18 @@ def _sweep_folder(spec: SweepSpec) -> Iterator[tuple[Path, bool]]:
 
     The state file, written first, marks a folder as cnnsearch's: a fresh start
     (``sweep.resume=false``) empties only such a folder, and a non-empty folder
-    without it is refused, never touched. The lock (``LOCK_FILE``, flock) stops a second
+    without it is refused, never touched. The lock (``SWEEP_LOCK``, flock) stops a second
     start of a running sweep (another terminal, a requeued job) in one line, before it
     touches the sweep's files or runs; the system drops it with the process, so a
     killed sweep resumes.
     """
     directory = spec.directory
     if _read_state(directory) is None and directory.exists() \
-            and any(p.name != LOCK_FILE for p in directory.iterdir()):
+            and any(p.name != SWEEP_LOCK for p in directory.iterdir()):
         raise UserError(f"{directory} exists and is not a cnnsearch sweep folder; nothing was "
                         "changed there: choose another sweep.name or paths.root")
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_FILE, "a+") as lock:
+    with open(directory / SWEEP_LOCK, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -262,7 +263,7 @@ def _start(spec: SweepSpec, directory: Path) -> bool:
                             "sweep.resume=false empties only a folder under paths.root, "
                             "nothing was deleted: remove the link or choose another sweep.name")
         for path in directory.iterdir():
-            if path.name in (LOCK_FILE, STATE_FILE):
+            if path.name in (SWEEP_LOCK, STATE_FILE):
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -306,7 +307,7 @@ def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> str |
             raise
         return reason
     if tuner.out_of_time:
-        return f"time budget tuner.max_seconds={tuner.max_seconds:g} reached"
+        return budget_reached(tuner.max_seconds)
     return None
 
 

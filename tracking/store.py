@@ -27,7 +27,7 @@ TAG_PROCESS_START = "cnnsearch.process_start"   # psutil create_time of that pid
 TAG_STATUS = "cnnsearch.status"   # of a trial run: running | completed | failed | killed
 TAG_REASON = "cnnsearch.reason"
 EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag the UI reads
-LOCK_FILE = ".cnnsearch.lock"   # beside the local store's mlflow.db
+STORE_LOCK = ".cnnsearch.lock"   # beside the local store's mlflow.db
 
 
 def open_store(spec: TrackingConfig) -> MlflowClient:
@@ -100,7 +100,7 @@ def _store_lock(store_dir: Path):
     MLflow creates a new SQLite store's tables when it first opens it; several sweeps
     starting at once on a new store would race in that migration and leave it broken.
     """
-    with open(store_dir / LOCK_FILE, "w") as handle:
+    with open(store_dir / STORE_LOCK, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -41,6 +41,7 @@ from cnnsearch.search.kt.internals import (
     trials_waiting,
     tuners_asking,
 )
+from cnnsearch.search.kt.stopping import budget_reached, too_many_failures
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +230,10 @@ class Chief:
         if self.stopped_reason is not None:
             return
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            self._stop(f"time budget tuner.max_seconds={self.max_seconds:g} reached")
+            self._stop(budget_reached(self.max_seconds))
         failures = consecutive_failures(self.oracle)
         if failures >= self.max_failures:
-            self._stop(f"{failures} consecutive failed trials "
-                       "(tuner.max_consecutive_failed_trials)")
+            self._stop(too_many_failures(failures))
 
     def _stop(self, reason: str | None) -> None:
         """No trial starts after the running ones, for ``reason`` (None: go on)."""

@@ -25,6 +25,16 @@ import keras
 log = logging.getLogger(__name__)
 
 
+def budget_reached(max_seconds: float) -> str:
+    """Why a search stopped at its time budget: one message, a local sweep's or a chief's."""
+    return f"time budget tuner.max_seconds={max_seconds:g} reached"
+
+
+def too_many_failures(count: int) -> str:
+    """Why a chief stopped after ``count`` failed trials in a row."""
+    return f"{count} consecutive failed trials (tuner.max_consecutive_failed_trials)"
+
+
 @dataclass(frozen=True)
 class PruningRule:
     """Median stopping: judge from ``warmup_epochs`` on, with ``min_trials`` to compare."""

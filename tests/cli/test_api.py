@@ -63,6 +63,7 @@ def test_the_api_and_the_cli_run_the_same_trials_and_the_api_returns_the_results
 
     again = cnnsearch.results([f"paths.root={api_root}"])   # the latest sweep
     assert list(again.run_id) == list(board.run_id)
+    exported = tmp_path / "exported"
     manifest = cnnsearch.export([f"paths.root={api_root}", "export.format=keras",
-                                 f"export.dir={tmp_path / 'exported'}"])
-    assert Path(manifest["files"]["keras"]["path"]).is_file()
+                                 f"export.dir={exported}"])
+    assert (exported / manifest["files"]["keras"]["path"]).is_file()   # relative to it

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.sweep import LOCK_FILE, STATE_FILE, epochs_behind, run_sweep, validate
+from cnnsearch.search.sweep import STATE_FILE, SWEEP_LOCK, epochs_behind, run_sweep, validate
 from tests.conftest import replace
 
 # -- the final fit's length ----------------------------------------------------------
@@ -145,7 +145,7 @@ def test_a_sweep_running_in_another_process_is_refused_untouched(make_spec, tmp_
     run_sweep(spec)
     before = sorted(p.relative_to(spec.directory) for p in spec.directory.rglob("*"))
     # another process holds the sweep (flock: a second open file conflicts as one would)
-    lock = spec.directory / LOCK_FILE
+    lock = spec.directory / SWEEP_LOCK
     with open(lock, "a+") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lock.write_text("pid 12345 on elsewhere")
