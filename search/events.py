@@ -35,6 +35,16 @@ class Direction(StrEnum):
     max = "max"
 
 
+class TrialState(StrEnum):
+    """A trial's state, as ``TrialOutcome.status`` and its run's ``cnnsearch.status`` tag
+    spell it."""
+
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    killed = "killed"
+
+
 @dataclass(frozen=True)
 class SweepInfo:
     """Known when a sweep starts."""
@@ -58,7 +68,7 @@ class TrialOutcome:
     """How one trial ended."""
 
     trial_id: str
-    status: str                   # completed | failed
+    status: TrialState            # completed | failed
     reason: str | None            # why it failed
     score: float | None
     best_val_accuracy: float | None

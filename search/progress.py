@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cnnsearch.search.events import SweepInfo, SweepObserver, SweepResult, TrialOutcome
+from cnnsearch.search.events import SweepInfo, SweepObserver, SweepResult, TrialOutcome, TrialState
 
 log = logging.getLogger("cnnsearch")
 
@@ -67,7 +67,7 @@ class ProgressDisplay(SweepObserver):
         if self.progress:
             self.progress.advance(self.task)
             self._status("")
-        if outcome.status == "failed":
+        if outcome.status == TrialState.failed:
             log.warning("trial %s failed: %s", outcome.trial_id, outcome.reason)
         elif not self.progress:
             log.info("trial %s: score %.4f after %d epochs (%.1fs, RSS %.0f MB); best so far "

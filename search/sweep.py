@@ -46,7 +46,13 @@ from cnnsearch.search.kt.internals import (
 )
 from cnnsearch.search.kt.space import SearchSpace
 from cnnsearch.search.kt.stopping import budget_reached
-from cnnsearch.search.kt.tuners import SweepTuner, best_metric, completed_trials, make_tuner
+from cnnsearch.search.kt.tuners import (
+    SweepTuner,
+    TrialStatus,
+    best_metric,
+    completed_trials,
+    make_tuner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -382,8 +388,8 @@ def run_worker(spec: SweepSpec, observers: list | None = None,
 
 def _count(tuner: SweepTuner, result: SweepResult) -> None:
     trials = tuner.oracle.trials.values()
-    result.n_completed = sum(t.status == "COMPLETED" for t in trials)
-    result.n_failed = sum(t.status == "FAILED" for t in trials)
+    result.n_completed = sum(t.status == TrialStatus.COMPLETED for t in trials)
+    result.n_failed = sum(t.status == TrialStatus.FAILED for t in trials)
     result.skip_reasons = dict(tuner.oracle.skipped.most_common())
     result.n_skipped = sum(result.skip_reasons.values())
 

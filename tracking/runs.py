@@ -34,6 +34,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
+from cnnsearch.search.events import TrialState
 from cnnsearch.tracking.config import TrackingConfig
 from cnnsearch.tracking.environment import environment_tags
 from cnnsearch.tracking.results import leaderboard, log_plots
@@ -44,6 +45,7 @@ from cnnsearch.tracking.store import (
     TAG_REASON,
     TAG_ROLE,
     TAG_STATUS,
+    RunState,
     TrackingError,
     experiment_id,
     open_store,
@@ -99,7 +101,7 @@ class MlflowRecorder:
                 **process_tags(), **(self.environment or environment_tags())}
         if previous is not None:
             self.parent_id = previous.info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
+            self.client.update_run(self.parent_id, status=RunState.RUNNING)
             self.client.log_batch(self.parent_id, tags=_tags(process_tags()))
             log.info("MLflow: continuing parent run %s", self.parent_id)
             self._close_completed(info.completed_trials)
@@ -139,7 +141,7 @@ class MlflowRecorder:
         if result.skip_reasons:
             self.client.log_dict(self.parent_id, result.skip_reasons, "skipped_candidates.json")
         self._log_model(model, result)
-        self.client.set_terminated(self.parent_id, "FINISHED")
+        self.client.set_terminated(self.parent_id, RunState.FINISHED)
 
     def search_ended(self) -> None:
         """The leaderboard and plots, while the sweep re-trains its winner."""
@@ -151,10 +153,11 @@ class MlflowRecorder:
             log_plots(self.client, self.parent_id, table, self.sweep_name)
 
     def sweep_failed(self, error: BaseException) -> None:
-        status = "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
+        status = (RunState.KILLED if isinstance(error, KeyboardInterrupt | SystemExit)
+                  else RunState.FAILED)
         reason = f"sweep stopped: {_one_line(error)}"
         for trial_id in list(self.children):   # not the trial's failure: a resume re-runs it
-            self._end_child(trial_id, "KILLED", reason)
+            self._end_child(trial_id, RunState.KILLED, reason)
         if self.parent_id is not None and self.owns_parent:
             # a distributed sweep's workers have stopped: a run one of them left open
             # (killed before it could close it) ends with the sweep
@@ -194,8 +197,8 @@ class MlflowRecorder:
         for run_id in kept - {None}:   # RUNNING (again, if a reader marked them KILLED)
             tags = process_tags()
             if run_id != self.parent_id:
-                tags[TAG_STATUS] = "running"
-            self.client.update_run(run_id, status="RUNNING")
+                tags[TAG_STATUS] = TrialState.running
+            self.client.update_run(run_id, status=RunState.RUNNING)
             self.client.log_batch(run_id, tags=_tags(tags))
 
     # -- distributed sweeps ----------------------------------------------------
@@ -204,7 +207,7 @@ class MlflowRecorder:
         """A worker's trials join the chief's parent run."""
         self.objective, self.owns_parent = info.objective, False
         parent = self._find_parent(info.name, info.space_hash)
-        if parent is None or parent.info.status != "RUNNING":
+        if parent is None or parent.info.status != RunState.RUNNING:
             raise TrackingError(
                 f"no running sweep {info.name!r} with this worker's search space and data "
                 f"in {self.spec.display_uri}: start workers with the chief's config and a "
@@ -215,7 +218,7 @@ class MlflowRecorder:
     def trial_lost(self, trial_id: str, reason: str) -> None:
         """The chief lost a trial's worker: its open run ends KILLED."""
         if trial_id in self.children:   # a worker that recorded through this recorder
-            self._end_child(trial_id, "KILLED", f"worker lost: {reason}")
+            self._end_child(trial_id, RunState.KILLED, f"worker lost: {reason}")
             return
         self._kill_running_children(f" and tags.`{TAG_TRIAL}` = '{trial_id}'",
                                     f"worker lost: {reason}")
@@ -229,20 +232,20 @@ class MlflowRecorder:
                                f"attributes.status = 'RUNNING'{condition}"),
                 max_results=10_000):
             self.client.log_batch(run.info.run_id, tags=_tags({
-                TAG_STATUS: "killed", TAG_REASON: reason}))
-            self.client.set_terminated(run.info.run_id, "KILLED")
+                TAG_STATUS: TrialState.killed, TAG_REASON: reason}))
+            self.client.set_terminated(run.info.run_id, RunState.KILLED)
 
     # -- trials ----------------------------------------------------------------
 
     def trial_started(self, trial_id: str, values: dict, candidate) -> None:
         previous = self.children.pop(trial_id, None)
         if previous:  # a retry of the same trial: close the earlier attempt
-            self.client.set_terminated(previous, "FAILED")
+            self.client.set_terminated(previous, RunState.FAILED)
         arch = candidate.architecture
         run = self.client.create_run(
             self.experiment_id, run_name=f"trial-{trial_id}",
             tags={"mlflow.parentRunId": self.parent_id, TAG_ROLE: "trial",
-                  TAG_TRIAL: trial_id, TAG_STATUS: "running", TAG_ARCH: arch.summary(),
+                  TAG_TRIAL: trial_id, TAG_STATUS: TrialState.running, TAG_ARCH: arch.summary(),
                   TAG_NOTE: (f"Trial {trial_id}: `{arch.summary()}`, {arch.params:,} "
                              f"parameters, learning rate {candidate.learning_rate:.2g}."),
                   **process_tags(),
@@ -276,7 +279,8 @@ class MlflowRecorder:
             "images_per_second": outcome.images_per_second, "rss_mb": outcome.rss_mb,
             "best_val_accuracy": outcome.best_val_accuracy,
             f"best_{self.objective}": outcome.score})
-        status = "FINISHED" if outcome.status == "completed" else "FAILED"
+        status = (RunState.FINISHED if outcome.status == TrialState.completed
+                  else RunState.FAILED)
         # a failed trial's reason, or why a completed one trained fewer epochs (pruned, budget)
         self._end_child(outcome.trial_id, status, outcome.reason or outcome.stopped_early)
 
@@ -284,7 +288,8 @@ class MlflowRecorder:
 
     def _end_child(self, trial_id: str, status: str, reason: str | None) -> None:
         run_id = self.children.pop(trial_id)
-        tags = {TAG_STATUS: {"FINISHED": "completed", "FAILED": "failed"}.get(status, "killed")}
+        tags = {TAG_STATUS: {RunState.FINISHED: TrialState.completed,
+                            RunState.FAILED: TrialState.failed}.get(status, TrialState.killed)}
         if reason:
             tags[TAG_REASON] = reason[:5000]
         self.client.log_batch(run_id, tags=_tags(tags))
@@ -313,7 +318,7 @@ class MlflowRecorder:
             [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
             order_by=["attributes.start_time DESC"], max_results=10_000)
         finished = {run.data.tags.get(TAG_TRIAL) for run in children
-                    if run.info.status == "FINISHED"}
+                    if run.info.status == RunState.FINISHED}
         for trial_id, metrics in completed.items():
             runs = [run for run in children if run.data.tags.get(TAG_TRIAL) == trial_id]
             if trial_id in finished or not runs:
@@ -321,10 +326,10 @@ class MlflowRecorder:
             run_id = runs[0].info.run_id   # its latest attempt
             self._log_metrics(run_id, metrics)
             self.client.log_batch(run_id, tags=_tags({
-                TAG_STATUS: "completed",
+                TAG_STATUS: TrialState.completed,
                 TAG_REASON: "closed on resume: keras-tuner had completed the trial when the "
                             "sweep's process stopped"}))
-            self.client.set_terminated(run_id, "FINISHED")
+            self.client.set_terminated(run_id, RunState.FINISHED)
             log.info("MLflow: closed trial %s's run %s (completed before the stop)",
                      trial_id, run_id)
 

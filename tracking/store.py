@@ -9,13 +9,14 @@ import socket
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 
 import psutil
-from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cnnsearch.search.events import TrialState
 from cnnsearch.tracking.config import TrackingConfig, TrackingError, TrackingMode, redact
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,15 @@ TAG_ROLE = "cnnsearch.role"
 TAG_HOST = "cnnsearch.host"
 TAG_PID = "cnnsearch.pid"
 TAG_PROCESS_START = "cnnsearch.process_start"   # psutil create_time of that pid
+class RunState(StrEnum):
+    """MLflow's run statuses, by name (``RunStatus`` is an int enum without them)."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
 TAG_STATUS = "cnnsearch.status"   # of a trial run: running | completed | failed | killed
 TAG_REASON = "cnnsearch.reason"
 EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag the UI reads
@@ -146,10 +156,10 @@ def reconcile_stale_runs(client: MlflowClient, experiment_ids: list[str]) -> int
         pid = int(run.data.tags.get(TAG_PID, "0"))
         if pid != os.getpid() and not _alive(pid, run.data.tags.get(TAG_PROCESS_START)):
             if TAG_STATUS in run.data.tags:
-                client.set_tag(run.info.run_id, TAG_STATUS, "killed")
+                client.set_tag(run.info.run_id, TAG_STATUS, TrialState.killed)
                 client.set_tag(run.info.run_id, TAG_REASON,
                                f"process {pid} on {host} ended without closing the run")
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            client.set_terminated(run.info.run_id, RunState.KILLED)
             marked += 1
     if marked:
         log.info("marked %d stale run(s) KILLED (their process is gone)", marked)

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnsearch.tracking.config import TrackingError
 from cnnsearch.tracking.results import latest_sweep
+from cnnsearch.tracking.store import RunState
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def find_winner(client: MlflowClient, experiment_id: str | None, run: str = "lat
         parent = None if experiment_id is None else latest_sweep(client, [experiment_id])
         if parent is None:
             raise TrackingError("no finished sweep to export yet; run `cnnsearch sweep` first")
-        if parent.info.status != "FINISHED":   # never a silently older model
+        if parent.info.status != RunState.FINISHED:   # never a silently older model
             done = latest_sweep(client, [experiment_id], finished=True)
             other = (f"export.run={done.info.run_id} exports the latest finished one "
                      f"({done.info.run_name})" if done else "no sweep has finished yet")

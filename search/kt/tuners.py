@@ -21,7 +21,7 @@ import keras_tuner as kt
 import psutil
 
 from cnnsearch.search.config import Pruning, TunerConfig, TunerName
-from cnnsearch.search.events import Observers, TrialOutcome
+from cnnsearch.search.events import Observers, TrialOutcome, TrialState
 from cnnsearch.search.kt.hypermodel import CNNHyperModel
 from cnnsearch.search.kt.internals import (
     BestEpochInMemory,
@@ -191,7 +191,7 @@ class SweepTuner(TunerHooks, kt.Tuner):
         reason = None if completed else _last_line(trial.message)
         return TrialOutcome(
             trial_id=trial.trial_id,
-            status="completed" if completed else "failed",
+            status=TrialState.completed if completed else TrialState.failed,
             reason=reason,
             stopped_early=stops.reason if stops and completed else None,
             score=trial.score if completed else None,
