@@ -64,6 +64,7 @@ class EventRelay:
             thread.join(timeout)
 
     def close(self) -> None:
+        """Once the workers have ended: hand on what they sent last, then stop listening."""
         self._closed = True
         for thread in list(self._served.values()):
             thread.join(timeout=10)
