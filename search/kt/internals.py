@@ -4,8 +4,9 @@ cnnsearch needs a few things keras-tuner does not make public: a hook on each ra
 draw (to skip infeasible candidates), the oracle's record of tried values, a hook on
 each execution's callbacks, the trial's error handling, the best-epoch checkpoint
 class, the switch that builds a model per hyperparameter condition, the failure stop,
-which keras-tuner raises as a plain RuntimeError, and, for a distributed sweep, its gRPC
-oracle service, the oracle's running trials and its retry queue. Each is wrapped here
+which keras-tuner raises as a plain RuntimeError, its JSON state writer (made atomic),
+and, for a distributed sweep, its gRPC oracle service, the oracle's running trials and
+its retry queue. Each is wrapped here
 under a public name, so an upgrade of keras-tuner touches this file only, and an
 untested version fails at once with one clear line instead of misbehaving in the middle
 of a sweep.
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 from concurrent import futures
 
 import grpc
 import keras_tuner as kt
 from keras_tuner.src import protos
+from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.distribute import oracle_client
 from keras_tuner.src.distribute.oracle_chief import OracleServicer
 from keras_tuner.src.engine.conditions import Parent
@@ -29,6 +33,21 @@ from cnnsearch.search.config import cannot_listen
 from cnnsearch.search.errors import SweepStopped, UserError, disk_full
 
 TESTED_VERSIONS = ("1.4.8",)
+
+
+def _save_json_whole(path, obj) -> str:
+    """keras-tuner's ``utils.save_json``, written whole or not at all (a side file moved
+    in place): a kill while it writes a trial's ``trial.json`` or ``oracle.json`` leaves
+    the previous file, not an empty one that the next start cannot read."""
+    text = json.dumps(obj)
+    side = f"{path}.{os.getpid()}.tmp"
+    with open(side, "w") as file:
+        file.write(text)
+    os.replace(side, path)
+    return text
+
+
+kt_utils.save_json = _save_json_whole   # keras-tuner's state writers call it by this name
 
 
 def check_version() -> None:

@@ -3,6 +3,7 @@ and recognises keras-tuner's failure stop."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras_tuner as kt
@@ -99,3 +100,25 @@ def test_a_trial_killed_as_it_ended_does_not_run_again(tmp_path):
     repair_after_reload(oracle)
     assert oracle._retry_queue == []
     assert oracle.create_trial("tuner0").trial_id == "2"
+
+
+def test_keras_tuners_state_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    # a kill between truncating trial.json and writing it left an empty file, and the
+    # next start failed to reload the trial (tests/reliability/test_kill_anywhere.py,
+    # "between trials", seen once in CI)
+    from keras_tuner.src import utils as kt_utils
+
+    path = tmp_path / "trial.json"
+    kt_utils.save_json(str(path), {"trial_id": "0", "status": "RUNNING"})
+
+    def killed(*_):   # the process dies before the new file is in place
+        raise OSError("killed")
+
+    monkeypatch.setattr("os.replace", killed)
+    with pytest.raises(OSError, match="killed"):
+        kt_utils.save_json(str(path), {"trial_id": "0", "status": "COMPLETED"})
+    assert json.loads(path.read_text())["status"] == "RUNNING"   # the previous state, whole
+    monkeypatch.undo()
+    kt_utils.save_json(str(path), {"trial_id": "0", "status": "COMPLETED"})
+    assert json.loads(path.read_text())["status"] == "COMPLETED"
+    assert [p.name for p in tmp_path.iterdir()] == ["trial.json"]   # no side file left
