@@ -1,4 +1,4 @@
-"""search.kt_internals: the one module on keras-tuner's private API refuses untested versions
+"""search.kt.internals: the one module on keras-tuner's private API refuses untested versions
 and recognises keras-tuner's failure stop."""
 
 from __future__ import annotations
