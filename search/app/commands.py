@@ -34,7 +34,8 @@ log = logging.getLogger("cnnsearch")
 
 
 def typed(cfg: DictConfig) -> Config:
-    """The composed config as its dataclasses (search/config.py), interpolations resolved."""
+    """The composed config as its dataclasses (search/app/config.py), interpolations
+    resolved."""
     return OmegaConf.to_object(cfg)
 
 
