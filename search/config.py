@@ -94,62 +94,136 @@ class DataConfig:
 
 @dataclass
 class TunerConfig:
-    """Which keras-tuner search and its knobs."""
+    """What every tuner shares: the objective, the time budget and failures. Each tuner's
+    own schema below adds its knobs (conf/tuner/<name>.yaml picks one), so a key another
+    tuner takes is an error while composing, not silently ignored."""
 
-    name: TunerName = TunerName.random
+    name: TunerName = MISSING
     objective: Objective = Objective.val_accuracy
     direction: Direction | None = None   # null: max for accuracy, min for loss
-    max_trials: int = 10
     max_seconds: float | None = None   # time budget: the running trial ends, no new one starts
-    # the first trial is the space's default candidate (lists' first values, ranges' low ends)
-    start_from_defaults: bool = True
-    # median stopping of hopeless trials (not for hyperband, which has its own)
-    pruning: Pruning = Pruning.median
-    pruning_warmup_epochs: int = 4
-    pruning_min_trials: int = 3
     executions_per_trial: int = 1
     max_retries_per_trial: int = 0
     max_consecutive_failed_trials: int = 3
-    # hyperband
-    max_epochs: int = 10
-    factor: int = 3
-    hyperband_iterations: int = 1
-    # bayesian
-    num_initial_points: int | None = None
-    alpha: float = 1e-4
-    beta: float = 2.6
 
     @property
     def objective_direction(self) -> Direction:
         return self.direction or Objective(self.objective).default_direction
 
-    def unused_keys(self) -> set[str]:
-        """The knobs the configured tuner ignores (left out of a sweep's MLflow params)."""
-        hyperband, bayesian = {"max_epochs", "factor", "hyperband_iterations"}, \
-            {"num_initial_points", "alpha", "beta"}
-        pruning = {"pruning", "pruning_warmup_epochs", "pruning_min_trials"}
-        unused = {TunerName.hyperband: {"max_trials"} | pruning | bayesian,
-                  TunerName.bayesian: hyperband,
-                  TunerName.grid: {"start_from_defaults"} | hyperband | bayesian,
-                  TunerName.random: hyperband | bayesian}[TunerName(self.name)]
-        if self.pruning == Pruning.none:
-            unused |= pruning - {"pruning"}
-        return unused
+    @property
+    def trial_limit(self) -> int | None:
+        """The most trials this tuner runs (None: its schedule decides, as Hyperband's)."""
+        return None
+
+    def oracle_options(self) -> dict[str, Any]:
+        """This tuner's own knobs, as its keras-tuner oracle takes them."""
+        return {}
 
     def validate(self) -> None:
         """Raises UserError on a non-positive count or budget."""
-        for key in ("max_trials", "executions_per_trial", "max_consecutive_failed_trials",
-                    "max_epochs", "hyperband_iterations", "pruning_warmup_epochs",
-                    "pruning_min_trials"):
-            if getattr(self, key) < 1:
-                raise UserError(f"tuner.{key} must be >= 1, got {getattr(self, key)}")
-        if self.factor < 2:
-            raise UserError(f"tuner.factor must be >= 2 (Hyperband keeps 1/factor of the "
-                            f"trials per round), got {self.factor}")
+        for key in ("executions_per_trial", "max_consecutive_failed_trials"):
+            _at_least(f"tuner.{key}", getattr(self, key), 1)
         if self.max_retries_per_trial < 0:
             raise UserError("tuner.max_retries_per_trial must be >= 0")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise UserError(f"tuner.max_seconds must be > 0 or null, got {self.max_seconds}")
+
+
+@dataclass
+class TrialsTunerConfig(TunerConfig):
+    """A tuner that runs up to ``max_trials`` trials, each stopped early when hopeless."""
+
+    max_trials: int = 10
+    # median stopping of hopeless trials (search/kt/stopping.py)
+    pruning: Pruning = Pruning.median
+    pruning_warmup_epochs: int = 4
+    pruning_min_trials: int = 3
+
+    @property
+    def trial_limit(self) -> int:
+        return self.max_trials
+
+    def oracle_options(self) -> dict[str, Any]:
+        return {"max_trials": self.max_trials}
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("max_trials", "pruning_warmup_epochs", "pruning_min_trials"):
+            _at_least(f"tuner.{key}", getattr(self, key), 1)
+
+
+@dataclass
+class DefaultsFirst:
+    """A tuner that draws candidates: its first may be the space's default one."""
+
+    # the first trial is the space's default candidate (lists' first values, ranges' low ends)
+    start_from_defaults: bool = True
+
+
+@dataclass
+class RandomTunerConfig(DefaultsFirst, TrialsTunerConfig):
+    """keras_tuner.RandomSearch."""
+
+    name: TunerName = TunerName.random
+
+
+@dataclass
+class BayesianTunerConfig(DefaultsFirst, TrialsTunerConfig):
+    """keras_tuner.BayesianOptimization (Gaussian process)."""
+
+    name: TunerName = TunerName.bayesian
+    num_initial_points: int | None = None   # null: 3 x the number of hyperparameters
+    alpha: float = 1e-4
+    beta: float = 2.6
+
+    def oracle_options(self) -> dict[str, Any]:
+        return {**super().oracle_options(), "num_initial_points": self.num_initial_points,
+                "alpha": self.alpha, "beta": self.beta}
+
+
+@dataclass
+class GridTunerConfig(TrialsTunerConfig):
+    """keras_tuner.GridSearch: every combination of a finite space, up to ``max_trials``."""
+
+    name: TunerName = TunerName.grid
+    max_trials: int = 50
+
+
+@dataclass
+class HyperbandTunerConfig(DefaultsFirst, TunerConfig):
+    """keras_tuner.Hyperband: its brackets decide the trials and stop them early."""
+
+    name: TunerName = TunerName.hyperband
+    max_epochs: int = 10
+    factor: int = 3
+    hyperband_iterations: int = 1
+
+    def oracle_options(self) -> dict[str, Any]:
+        return {"max_epochs": self.max_epochs, "factor": self.factor,
+                "hyperband_iterations": self.hyperband_iterations}
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("max_epochs", "hyperband_iterations"):
+            _at_least(f"tuner.{key}", getattr(self, key), 1)
+        if self.factor < 2:
+            raise UserError(f"tuner.factor must be >= 2 (Hyperband keeps 1/factor of the "
+                            f"trials per round), got {self.factor}")
+
+
+TUNER_CONFIGS: dict[TunerName, type[TunerConfig]] = {
+    TunerName.random: RandomTunerConfig, TunerName.bayesian: BayesianTunerConfig,
+    TunerName.grid: GridTunerConfig, TunerName.hyperband: HyperbandTunerConfig}
+
+
+def tuner_config(name: str = "random", **knobs: Any) -> TunerConfig:
+    """The schema of tuner ``name`` with ``knobs`` set (for Python callers)."""
+    return TUNER_CONFIGS[TunerName(name)](**knobs)
+
+
+def _at_least(key: str, value: int, least: int) -> None:
+    if value < least:
+        raise UserError(f"{key} must be >= {least}, got {value}")
 
 
 @dataclass

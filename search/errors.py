@@ -9,6 +9,16 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_TEXTS = ("database or disk is full", "No space left on device", "Disk quota exceeded")
 
 
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text``, stripped ("" if none)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of ``text``, stripped ("" if none): a traceback's error."""
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
 class UserError(Exception):
     """A problem the user can fix (bad config, missing file): shown as one line, no traceback."""
 

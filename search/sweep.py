@@ -26,6 +26,7 @@ from cnnsearch.search.config import (
     DataConfig,
     DistributedConfig,
     FinalFitConfig,
+    RandomTunerConfig,
     Schedule,
     TrainingConfig,
     TunerConfig,
@@ -37,7 +38,6 @@ from cnnsearch.search.events import BEST_MODEL_FILE, Observers, SweepInfo, Sweep
 from cnnsearch.search.kt.hypermodel import CNNHyperModel
 from cnnsearch.search.kt.internals import (
     check_version,
-    failure_stop_reason,
     hyperband_parent,
     leave_search,
     repair_after_reload,
@@ -45,7 +45,7 @@ from cnnsearch.search.kt.internals import (
     same_space,
 )
 from cnnsearch.search.kt.space import SearchSpace
-from cnnsearch.search.kt.stopping import budget_reached
+from cnnsearch.search.kt.stopping import StopPolicy
 from cnnsearch.search.kt.tuners import (
     SweepTuner,
     TrialStatus,
@@ -67,7 +67,7 @@ class SweepSpec:
 
     data: DataConfig
     search_space: dict
-    tuner: TunerConfig = field(default_factory=TunerConfig)
+    tuner: TunerConfig = field(default_factory=RandomTunerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     root: str = "outputs"
     name: str | None = None
@@ -91,14 +91,11 @@ class SweepSpec:
 
     @property
     def recorded_config(self) -> dict:
-        """The config keys this sweep uses: no other tuner's knobs, no other command's
-        keys, no distributed keys for a one-process sweep."""
+        """The config keys this sweep uses: no other command's keys, no distributed keys
+        for a one-process sweep (the tuner's schema holds only its own knobs)."""
         unused = {"export", "results", "ui", "server"} | (set() if self.distributed.enabled
                                                 else {"distributed"})
         config = {k: v for k, v in self.config.items() if k not in unused}
-        if "tuner" in config:
-            unused = self.tuner.unused_keys()
-            config["tuner"] = {k: v for k, v in config["tuner"].items() if k not in unused}
         return config
 
     @property
@@ -169,13 +166,14 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
                     continued: bool) -> tuple[SweepResult, keras.Model]:
     """``run_sweep`` once the sweep's folder is this process's."""
     keras.utils.set_random_seed(spec.seed)
-    policy = keras.config.dtype_policy()
+    dtype_policy = keras.config.dtype_policy()
     if spec.training.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     started = time.perf_counter()
     try:
         hypermodel = CNNHyperModel(space, data.input_shape, data.num_classes, spec.training)
-        tuner = make_tuner(spec.tuner, hypermodel, events, directory=str(directory),
+        policy = StopPolicy.from_config(spec.tuner)
+        tuner = make_tuner(spec.tuner, hypermodel, events, policy, directory=str(directory),
                            project_name="tuner", overwrite=not spec.resume, seed=spec.seed)
         if continued:
             repair_after_reload(tuner.oracle)
@@ -186,7 +184,7 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
                      "source": spec.data.path or str(spec.data.name),
                      "profile": data.profile()},
             space_hash=spec.space_hash,
-            max_trials=None if spec.tuner.name == "hyperband" else spec.tuner.max_trials,
+            max_trials=spec.tuner.trial_limit,
             resumed=continued, objective=spec.tuner.objective,
             maximize=spec.tuner.objective_direction == "max",
             completed_trials=completed_trials(tuner)))
@@ -195,11 +193,13 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
         # the full collection keras-tuner runs before each trial skips them (~0.2 s).
         gc.freeze()
         try:
-            result.stopped_reason = (_serve(tuner, spec, events, workers, data)
-                                     if spec.distributed.enabled
-                                     else _search(tuner, data, spec.training))
+            if spec.distributed.enabled:
+                _serve(tuner, spec, events, workers, data)
+            else:
+                _search(tuner, data, spec.training)
         finally:
             gc.unfreeze()
+        result.stopped_reason = policy.stopped_reason
         events.search_ended()
         _count(tuner, result)
         model = _final_model(tuner, data, spec, result)
@@ -213,7 +213,7 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
         events.sweep_failed(error)
         raise
     finally:
-        keras.config.set_dtype_policy(policy)
+        keras.config.set_dtype_policy(dtype_policy)
 
 
 @contextmanager
@@ -290,8 +290,8 @@ def _read_state(directory: Path) -> dict | None:
     return state if isinstance(state, dict) and state.get("name") == directory.name else None
 
 
-def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> str | None:
-    """Run the search; returns why it stopped early, or None."""
+def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> None:
+    """Run the search (until its oracle or its stop policy ends it)."""
     callbacks = []
     objective = tuner.oracle.objective
     if training.reduce_lr_patience:
@@ -302,41 +302,30 @@ def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> str |
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=objective.name, mode=objective.direction,
             patience=training.early_stopping_patience))
-    try:
-        tuner.search(x=data.x_train, y=data.y_train,
-                     validation_data=(data.x_val, data.y_val),
-                     epochs=training.epochs, batch_size=training.batch_size,
-                     callbacks=callbacks, verbose=0)
-    except RuntimeError as error:
-        reason = failure_stop_reason(error)   # too many consecutive failed trials
-        if reason is None:
-            raise
-        return reason
-    if tuner.out_of_time:
-        return budget_reached(tuner.max_seconds)
-    return None
+    tuner.search(x=data.x_train, y=data.y_train, validation_data=(data.x_val, data.y_val),
+                 epochs=training.epochs, batch_size=training.batch_size,
+                 callbacks=callbacks, verbose=0)
 
 
 def _serve(tuner: SweepTuner, spec: SweepSpec, events: Observers,
-           workers: WorkerPool | None, data: Dataset) -> str | None:
+           workers: WorkerPool | None, data: Dataset) -> None:
     """Hand the trials out to workers (``workers`` of this host, already started, and
-    those of other hosts) and train a share here; returns why it stopped early, or None."""
+    those of other hosts) and train a share here."""
     from cnnsearch.search.distributed.chief import Chief
 
-    chief = Chief(tuner.oracle, spec.distributed, spec.tuner.max_consecutive_failed_trials,
-                  max_seconds=spec.tuner.max_seconds, lost=events.trial_lost)
+    chief = Chief(tuner.oracle, spec.distributed, tuner.policy, lost=events.trial_lost)
 
-    def train() -> str | None:
+    def train() -> None:
         """The chief's own trials, beside its workers'."""
         try:
-            return _search(tuner, data, spec.training)
+            _search(tuner, data, spec.training)
         finally:
             leave_search(tuner.oracle, tuner.tuner_id)
 
     tuner.save()
     chief.start()
     try:
-        return chief.serve(workers, train if spec.distributed.chief_trains else None)
+        chief.serve(workers, train if spec.distributed.chief_trains else None)
     except BaseException:
         if workers is not None:   # stopped before the sweep's runs are closed (see
             workers.stop()        # MlflowRecorder.sweep_failed): they close theirs first
@@ -365,8 +354,9 @@ def run_worker(spec: SweepSpec, observers: list | None = None,
     if spec.training.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     hypermodel = CNNHyperModel(space, data.input_shape, data.num_classes, spec.training)
-    tuner = make_tuner(spec.tuner, hypermodel, events, directory=str(spec.directory),
-                       project_name="tuner", overwrite=False, seed=spec.seed)
+    tuner = make_tuner(spec.tuner, hypermodel, events, StopPolicy.from_config(spec.tuner),
+                       directory=str(spec.directory), project_name="tuner", overwrite=False,
+                       seed=spec.seed)
     if not same_space(tuner.oracle):
         raise UserError(f"this worker's search space differs from the chief's at "
                         f"{spec.distributed.chief}: start every worker with the chief's "

@@ -80,29 +80,43 @@ def make_spec(tmp_path):
     """Factory of tiny SweepSpecs under tmp_path: digits (200 training images), 1 epoch.
 
     Keyword arguments override SweepSpec fields; ``tuner``, ``training`` and
-    ``final_fit`` may be dicts of their config fields.
+    ``final_fit`` may be dicts of their config fields (``tuner``: 2 trials of random
+    search unless it says otherwise).
     """
-    from cnnsearch.search.config import DataConfig, FinalFitConfig, TrainingConfig, TunerConfig
+    from cnnsearch.search.config import DataConfig, FinalFitConfig, TrainingConfig
     from cnnsearch.search.sweep import SweepSpec
 
     def make(search_space: dict | None = None, tuner: dict | None = None,
              training: dict | None = None, final_fit: dict | None = None,
              **fields) -> SweepSpec:
-        tuner = TunerConfig(**{"name": "random", "max_trials": 2, **(tuner or {})})
         training = TrainingConfig(**{"epochs": 1, "batch_size": 64,
                                      "early_stopping_patience": None, **(training or {})})
         defaults = dict(data=DataConfig("digits", limit=200), root=str(tmp_path),
                         search_space=search_space or load_space("small"),
-                        tuner=tuner, training=training,
+                        tuner=retune(None, **(tuner or {})), training=training,
                         final_fit=FinalFitConfig(**(final_fit or {})))
         return SweepSpec(**{**defaults, **fields})
 
     return make
 
 
+def retune(tuner, **changes):
+    """``tuner`` (None: 2 trials of random search) with ``changes``; a new ``name`` takes
+    that tuner's schema, keeping the knobs it shares with the old one."""
+    from cnnsearch.search.config import TUNER_CONFIGS, TunerName
+
+    base = dataclasses.asdict(tuner) if tuner is not None else {"max_trials": 2}
+    schema = TUNER_CONFIGS[TunerName(changes.get("name", base.get("name", "random")))]
+    shared = {f.name for f in dataclasses.fields(schema)} - {"name"}
+    return schema(**{k: v for k, v in base.items() if k in shared and k not in changes},
+                  **changes)
+
+
 def replace(spec, **changes):
     """dataclasses.replace for nested spec fields given as dicts (tuner=..., training=...)."""
-    for key in ("tuner", "training", "final_fit"):
+    if isinstance(changes.get("tuner"), dict):
+        changes["tuner"] = retune(spec.tuner, **changes["tuner"])
+    for key in ("training", "final_fit"):
         if isinstance(changes.get(key), dict):
             changes[key] = dataclasses.replace(getattr(spec, key), **changes[key])
     return dataclasses.replace(spec, **changes)

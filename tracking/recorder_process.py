@@ -45,7 +45,7 @@ from pathlib import Path
 
 import psutil
 
-from cnnsearch.search.errors import SweepStopped, disk_full
+from cnnsearch.search.errors import SweepStopped, disk_full, first_line
 from cnnsearch.search.events import BEST_MODEL_FILE, trial_record
 from cnnsearch.tracking.config import TrackingConfig, TrackingError, redact
 from cnnsearch.tracking.environment import environment_tags
@@ -242,8 +242,10 @@ class RecorderProcess:
             with self._lock:
                 process = self._process
             multiprocessing.connection.wait([process.sentinel])
-            process.join(timeout=10)   # its files close a moment before it can be reaped
             with self._lock:
+                # its files close a moment before it can be reaped; joined under the lock,
+                # as _recover joins it: of two joins at once, one may see no exit code
+                process.join(timeout=10)
                 if process.exitcode == 0 or self.lost is not None or self._leaving \
                         or self._pipe.closed:
                     return
@@ -424,8 +426,7 @@ def _message(error: Exception) -> str:
         reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
         return (f"MLflow recording failed: the MLflow server at {redact(server[1])} stopped"
                 f" answering ({reason[1] if reason else 'no response'})")
-    text = str(error).strip().splitlines()
-    return f"MLflow recording failed: {type(error).__name__}: {text[0] if text else ''}"
+    return f"MLflow recording failed: {type(error).__name__}: {first_line(str(error))}"
 
 
 def _death(exitcode: int | None) -> str:

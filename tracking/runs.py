@@ -34,6 +34,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
+from cnnsearch.search.errors import first_line
 from cnnsearch.search.events import TrialState
 from cnnsearch.tracking.config import TrackingConfig
 from cnnsearch.tracking.environment import environment_tags
@@ -472,6 +473,5 @@ def _layer_table(arch) -> str:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:5000]
+    return f"{type(error).__name__}: {first_line(str(error))}"[:5000]
 

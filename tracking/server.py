@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnsearch.search.errors import last_line
 from cnnsearch.tracking.config import TrackingError
 
 HOST = "127.0.0.1"
@@ -148,7 +149,7 @@ def mlflow_server(store_uri: str, artifacts: Path, port: int) -> subprocess.Pope
         while not _healthy(f"http://{HOST}:{port}/health"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise TrackingError(f"mlflow server did not start (see {logfile}): "
-                                    f"{_last_line(logfile)}")
+                                    f"{last_line(logfile.read_text(errors='replace')) or '(no output)'}")
             time.sleep(0.5)
     except BaseException:   # not started, or Ctrl-C meanwhile: leave nothing running
         stop(process)
@@ -204,11 +205,8 @@ def _run(command: list[str], what: str, logfile: Path | None = None) -> None:
                    else ["su", PG_USER, "-s", "/bin/sh", "-c", shlex.join(command)])
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
-        output = (done.stderr.strip() or done.stdout.strip() or "(no output)").splitlines()
-        detail = _last_line(logfile) if logfile and logfile.exists() else output[-1]
+        output = done.stderr if done.stderr.strip() else done.stdout
+        detail = last_line(logfile.read_text(errors="replace") if logfile and logfile.exists()
+                           else output) or "(no output)"
         raise TrackingError(f"{what} failed: {detail}")
 
-
-def _last_line(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from cnnsearch.search.config import (
+    TUNER_CONFIGS,
     DataConfig,
     DistributedConfig,
     FinalFitConfig,
@@ -87,7 +89,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     search_space: dict[str, Any] = field(default_factory=dict)
-    tuner: TunerConfig = field(default_factory=TunerConfig)
+    tuner: TunerConfig = MISSING   # one of TUNER_CONFIGS, picked by conf/tuner/<name>.yaml
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -100,5 +102,9 @@ class Config:
 
 
 def register_configs() -> None:
-    """Make the schema available to the ``cnnsearch_schema`` entry of config.yaml."""
-    ConfigStore.instance().store(name="cnnsearch_schema", node=Config)
+    """Make the schema available to the ``cnnsearch_schema`` entry of config.yaml, and
+    each tuner's to its conf/tuner/<name>.yaml (as ``/schema/tuner/<name>``)."""
+    store = ConfigStore.instance()
+    store.store(name="cnnsearch_schema", node=Config)
+    for name, schema in TUNER_CONFIGS.items():
+        store.store(group="schema/tuner", name=str(name), node=schema)

@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 
 from cnnsearch.search.config import DataConfig
 from cnnsearch.search.data import idx
-from cnnsearch.search.errors import UserError
+from cnnsearch.search.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -222,8 +222,7 @@ def _where_to_get(name: str, download_error: BaseException | None) -> str:
 
 def _short_reason(exc: Exception, max_chars: int = 160) -> str:
     """First line of an exception message, shortened to fit in a one-line error."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
+    text = first_line(str(exc)) or type(exc).__name__
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 

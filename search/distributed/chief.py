@@ -9,7 +9,7 @@ chief's loop watches its workers, so a worker that dies (or, on another host, a 
 that outlives ``distributed.trial_timeout``) hands its trial to another worker once,
 then fails it, instead of stalling the chief (keras-tuner #915); a worker gives up
 with one line when no chief answers within ``distributed.connect_timeout`` (#990);
-the budget and the consecutive-failure stop hold for the whole sweep.
+the sweep's stop policy (budget, consecutive failures) holds for the whole sweep.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from cnnsearch.search.kt.internals import (
     trials_waiting,
     tuners_asking,
 )
-from cnnsearch.search.kt.stopping import budget_reached, too_many_failures
+from cnnsearch.search.kt.stopping import StopPolicy
 
 log = logging.getLogger(__name__)
 
@@ -101,38 +101,31 @@ class Chief:
     Args:
         oracle: the sweep's keras-tuner oracle (this process's).
         spec: the distributed config.
-        max_failures: consecutive failed trials that stop the search.
-        max_seconds: no trial starts this long after :meth:`start` (None: no budget).
+        policy: the sweep's stop policy (budget, consecutive failures), shared with the
+            chief's own tuner.
         lost: called with (trial id, why) for each trial whose worker was lost.
     """
 
     oracle: object
     spec: DistributedConfig
-    max_failures: int
-    max_seconds: float | None = None
+    policy: StopPolicy
     lost: Callable[[str, str], None] = lambda trial_id, why: None
     server: OracleServer | None = None
-    stopped_reason: str | None = None
-    _deadline: float | None = None
     _seen: dict[str, float] = field(default_factory=dict)   # trial id -> first seen running
     _requeued: set[str] = field(default_factory=set)
 
     def start(self) -> None:
-        """Listen on ``distributed.bind``; the time budget starts."""
-        if self.max_seconds is not None:
-            self._deadline = time.monotonic() + self.max_seconds
+        """Listen on ``distributed.bind``."""
         host, port = address("distributed.bind", self.spec.bind, any_port=True)
         self.server = OracleServer(self.oracle, host, port)
         public = socket.gethostname() if host in ("0.0.0.0", "::") else host
         log.info("chief serving trials at %s:%d", public, self.server.port)
 
-    def serve(self, pool: WorkerPool | None,
-              train: Callable[[], str | None] | None = None) -> str | None:
-        """Run until every trial is handed out and ended; returns why it stopped early.
+    def serve(self, pool: WorkerPool | None, train: Callable[[], None] | None = None) -> None:
+        """Run until every trial is handed out and ended (or the stop policy says so).
 
         ``train``: the chief's own search (it trains too), run here at once and again
-        whenever a lost worker's trial waits for a taker, with the checks beside it; it
-        returns why it stopped early.
+        whenever a lost worker's trial waits for a taker, with the checks beside it.
 
         Raises:
             UserError: if every local worker ended while trials were left to run and no
@@ -142,12 +135,12 @@ class Chief:
         try:
             while True:
                 if train is not None and (not trained or trials_waiting(self.oracle)) \
-                        and self.stopped_reason is None:
+                        and self.policy.stopped_reason is None:
                     trained = True
                     with self._checking(pool):
-                        self._stop(train())
+                        train()
                 if self._finished(pool, trained):
-                    return self.stopped_reason
+                    return
                 if pool is not None and pool.relay is not None and pool.relay.failure:
                     raise pool.relay.failure   # the recorder of the workers' trials is lost
                 self._check(pool)
@@ -181,7 +174,7 @@ class Chief:
         """Every trial is over and no other will start (the chief's own search asked for
         one and was told to stop, or a worker was)."""
         stopping = trained or self.server.told_a_worker_to_stop
-        waiting = trained and trials_waiting(self.oracle) and self.stopped_reason is None
+        waiting = trained and trials_waiting(self.oracle) and self.policy.stopped_reason is None
         if stopping and not ongoing_trials(self.oracle) and not tuners_asking(self.oracle) \
                 and not waiting:
             return True
@@ -227,16 +220,6 @@ class Chief:
         self.lost(trial_id, why)
 
     def _check_stops(self) -> None:
-        if self.stopped_reason is not None:
-            return
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            self._stop(budget_reached(self.max_seconds))
-        failures = consecutive_failures(self.oracle)
-        if failures >= self.max_failures:
-            self._stop(too_many_failures(failures))
-
-    def _stop(self, reason: str | None) -> None:
-        """No trial starts after the running ones, for ``reason`` (None: go on)."""
-        if reason is not None and self.stopped_reason is None:
-            self.stopped_reason = reason
+        """No trial starts after the running ones once the stop policy says so."""
+        if self.policy.search_stop(consecutive_failures(self.oracle)):
             stop_new_trials(self.oracle)

@@ -3,8 +3,8 @@
 cnnsearch needs a few things keras-tuner does not make public: a hook on each random
 draw (to skip infeasible candidates), the oracle's record of tried values, a hook on
 each execution's callbacks, the trial's error handling, the best-epoch checkpoint
-class, the switch that builds a model per hyperparameter condition, the failure stop,
-which keras-tuner raises as a plain RuntimeError, its JSON state writer (made atomic),
+class, the switch that builds a model per hyperparameter condition, its JSON state
+writer (made atomic),
 and, for a distributed sweep, its gRPC oracle service, the oracle's running trials and
 its retry queue. Each is wrapped here
 under a public name, so an upgrade of keras-tuner touches this file only, and an
@@ -33,6 +33,10 @@ from cnnsearch.search.config import cannot_listen
 from cnnsearch.search.errors import SweepStopped, UserError, disk_full
 
 TESTED_VERSIONS = ("1.4.8",)
+# An oracle's ``max_consecutive_failed_trials``: the sweep's stop policy counts failures
+# (keras-tuner's own count raises a bare RuntimeError, in a chief while it holds the
+# oracle's lock, which it then never releases).
+NO_FAILURE_LIMIT = 1 << 30
 
 
 def _save_json_whole(path, obj) -> str:
@@ -169,17 +173,6 @@ class BestEpochInMemory(SaveBestEpoch):
         self.best_weights = None
 
 
-def failure_stop_reason(error: BaseException) -> str | None:
-    """Why keras-tuner stopped the search after too many failed trials, or None.
-
-    keras-tuner raises a plain RuntimeError for it; only its message tells.
-    """
-    if not isinstance(error, RuntimeError) or "consecutive failures" not in str(error):
-        return None
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return f"{lines[0]} Last reason: {lines[-1].strip()}"
-
-
 # -- distributed sweeps ------------------------------------------------------------
 
 
@@ -192,9 +185,6 @@ class OracleServer:
     """
 
     def __init__(self, oracle, host: str, port: int) -> None:
-        # the chief counts consecutive failures itself: keras-tuner would raise inside a
-        # call that holds the oracle's lock, and never release it
-        oracle.max_consecutive_failed_trials = 1 << 30
         oracle.verbose = 0   # keras-tuner's trial tables on stdout (search() sets it)
         quiet_trial_protos()
         self.servicer = _Servicer(oracle)
@@ -279,14 +269,16 @@ def tuners_asking(oracle) -> bool:
     return bool(oracle.tuner_ids)
 
 
-def consecutive_failures(oracle) -> int:
-    """Trials that failed in a row, the latest last."""
-    count = 0
+@kt.synchronized
+def consecutive_failures(oracle) -> list[str]:
+    """The messages of the trials that failed in a row, the latest last."""
+    failed = []
     for trial_id in reversed(oracle.end_order):
-        if oracle.trials[trial_id].status != kt.engine.trial.TrialStatus.FAILED:
+        trial = oracle.trials[trial_id]
+        if trial.status != kt.engine.trial.TrialStatus.FAILED:
             break
-        count += 1
-    return count
+        failed.append(trial.message or "")
+    return failed[::-1]
 
 
 def hyperband_parent(trial) -> str | None:

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 
 import keras_tuner as kt
 
-from cnnsearch.search.config import TunerConfig
-from cnnsearch.search.kt.internals import FilteredDraws
+from cnnsearch.search.config import DefaultsFirst, TunerConfig, TunerName
+from cnnsearch.search.kt.internals import NO_FAILURE_LIMIT, FilteredDraws
 
 TrialStatus = kt.engine.trial.TrialStatus
 
@@ -113,30 +113,27 @@ def _grid(space: kt.HyperParameters) -> Iterator[dict]:
             yield values
 
 
+ORACLES: dict[TunerName, type[kt.Oracle]] = {
+    TunerName.random: RandomOracle, TunerName.bayesian: BayesianOracle,
+    TunerName.grid: GridOracle, TunerName.hyperband: HyperbandOracle}
+
+
 def make_oracle(spec: TunerConfig, seed: int, skip_check: Callable[[dict], str | None],
                 on_skip: Callable[[str, dict], None]) -> kt.Oracle:
     """The configured oracle.
 
     Args:
-        spec: tuner name and knobs.
+        spec: the tuner's schema (its knobs are its oracle's options).
         seed: random seed of the oracle.
         skip_check: why a candidate (its hyperparameter values) must not be trained, or None.
         on_skip: told of each skipped candidate (reason, values).
     """
-    common = dict(objective=kt.Objective(spec.objective, spec.objective_direction), seed=seed,
-                  max_retries_per_trial=spec.max_retries_per_trial,
-                  max_consecutive_failed_trials=spec.max_consecutive_failed_trials)
-    if spec.name == "hyperband":
-        oracle = HyperbandOracle(max_epochs=spec.max_epochs, factor=spec.factor,
-                                 hyperband_iterations=spec.hyperband_iterations, **common)
-    elif spec.name == "bayesian":
-        oracle = BayesianOracle(max_trials=spec.max_trials,
-                                num_initial_points=spec.num_initial_points,
-                                alpha=spec.alpha, beta=spec.beta, **common)
-    elif spec.name == "grid":
-        oracle = GridOracle(max_trials=spec.max_trials, **common)
-    else:
-        oracle = RandomOracle(max_trials=spec.max_trials, **common)
+    # No failure limit here: the sweep's stop policy counts failed trials
+    # (search/kt/stopping.py), for a local search and a chief alike.
+    oracle = ORACLES[spec.name](
+        **spec.oracle_options(), objective=kt.Objective(spec.objective, spec.objective_direction),
+        seed=seed, max_retries_per_trial=spec.max_retries_per_trial,
+        max_consecutive_failed_trials=NO_FAILURE_LIMIT)
     oracle.init_skips(skip_check, on_skip)
-    oracle.start_from_defaults = spec.start_from_defaults
+    oracle.start_from_defaults = isinstance(spec, DefaultsFirst) and spec.start_from_defaults
     return oracle

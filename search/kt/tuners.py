@@ -20,19 +20,21 @@ import keras
 import keras_tuner as kt
 import psutil
 
-from cnnsearch.search.config import Pruning, TunerConfig, TunerName
+from cnnsearch.search.config import TunerConfig, TunerName
+from cnnsearch.search.errors import last_line
 from cnnsearch.search.events import Observers, TrialOutcome, TrialState
 from cnnsearch.search.kt.hypermodel import CNNHyperModel
 from cnnsearch.search.kt.internals import (
     BestEpochInMemory,
     TunerHooks,
+    consecutive_failures,
     is_best_epoch_checkpoint,
     is_tuner_callback,
     is_worker_oracle,
     stop_new_trials,
 )
 from cnnsearch.search.kt.oracles import make_oracle
-from cnnsearch.search.kt.stopping import PruningRule, StopRules
+from cnnsearch.search.kt.stopping import StopPolicy, StopRules
 from cnnsearch.search.tf_internals import custom_gradients, forget_custom_gradients
 
 TrialStatus = kt.engine.trial.TrialStatus
@@ -71,18 +73,14 @@ class _EpochReporter(keras.callbacks.Callback):
 
 class SweepTuner(TunerHooks, kt.Tuner):
     """``kt.Tuner`` with a NaN or infinite loss as failure, asynchronous batch dispatch,
-    observer events, and trials that end early with the time budget or by median stopping
-    (search/kt/stopping.py).
+    observer events, and the sweep's stop policy (search/kt/stopping.py): trials end
+    early with the time budget or by its pruner, the search with the budget or failures.
     """
 
     def __init__(self, oracle, hypermodel: CNNHyperModel, observers: Observers,
-                 max_seconds: float | None = None, pruning: PruningRule | None = None,
-                 **kwargs) -> None:
+                 policy: StopPolicy, **kwargs) -> None:
         self.observers = observers
-        self.max_seconds = max_seconds
-        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        self.out_of_time = False
-        self.pruning = pruning
+        self.policy = policy
         self._started: dict[str, float] = {}
         self._reporters: dict[str, _EpochReporter] = {}
         self._stops: dict[str, StopRules] = {}
@@ -126,8 +124,8 @@ class SweepTuner(TunerHooks, kt.Tuner):
             return [self._history(other) for other in self._completed_ids()
                     if other != trial_id]
 
-        return StopRules(trial_id, objective.name, objective.direction == "max", self.deadline,
-                         self.pruning, others)
+        return StopRules(trial_id, objective.name, objective.direction == "max", self.policy,
+                         others)
 
     def _completed_ids(self) -> list[str]:
         """Completed trials, from their per-epoch files (a worker's oracle cannot list them;
@@ -168,10 +166,10 @@ class SweepTuner(TunerHooks, kt.Tuner):
             if is_worker_oracle(self.oracle):   # the score and metrics live in the chief
                 trial = self.oracle.get_trial(trial.trial_id)
             self.observers.trial_ended(self._outcome(trial))
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.out_of_time = True
-            if not is_worker_oracle(self.oracle):   # a chief stops its workers itself
-                stop_new_trials(self.oracle)
+        if is_worker_oracle(self.oracle):   # the chief decides; this worker's trials end at
+            return                          # its budget, and it asks the chief for the next
+        if self.policy.search_stop(consecutive_failures(self.oracle)):
+            stop_new_trials(self.oracle)
 
     def _outcome(self, trial) -> TrialOutcome:
         seconds = time.perf_counter() - self._started.pop(trial.trial_id, time.perf_counter())
@@ -188,7 +186,7 @@ class SweepTuner(TunerHooks, kt.Tuner):
         # steady state: from the end of the first epoch (tracing, warm-up) to the last
         steady = (self._train_images * (epochs - 1) / (ends[-1] - ends[0]) if epochs > 1
                   else self._train_images * epochs / seconds if seconds else 0.0)
-        reason = None if completed else _last_line(trial.message)
+        reason = None if completed else last_line(trial.message or "") or "unknown error"
         return TrialOutcome(
             trial_id=trial.trial_id,
             status=TrialState.completed if completed else TrialState.failed,
@@ -208,13 +206,15 @@ class SweepHyperband(SweepTuner, kt.tuners.Hyperband):
 
 
 def make_tuner(spec: TunerConfig, hypermodel: CNNHyperModel, observers: Observers,
-               directory: str, project_name: str, overwrite: bool, seed: int) -> SweepTuner:
+               policy: StopPolicy, directory: str, project_name: str, overwrite: bool,
+               seed: int) -> SweepTuner:
     """Create the configured tuner over ``hypermodel``'s space.
 
     Args:
-        spec: tuner name and knobs.
+        spec: the tuner's schema.
         hypermodel: the CNN hypermodel (its space decides feasibility).
         observers: receivers of trial, epoch and skip events.
+        policy: the sweep's stop policy.
         directory: keras-tuner's working directory (under the sweep folder).
         project_name: keras-tuner's project name.
         overwrite: start afresh instead of resuming an existing project.
@@ -222,12 +222,8 @@ def make_tuner(spec: TunerConfig, hypermodel: CNNHyperModel, observers: Observer
     """
     spec.validate()
     oracle = make_oracle(spec, seed, hypermodel.skip_reason, observers.candidate_skipped)
-    hyperband = spec.name == TunerName.hyperband   # it stops trials its own way
-    pruning = (PruningRule(spec.pruning_warmup_epochs, spec.pruning_min_trials)
-               if spec.pruning == Pruning.median and not hyperband else None)
-    tuner_class = SweepHyperband if hyperband else SweepTuner
-    return tuner_class(oracle, hypermodel, observers, max_seconds=spec.max_seconds,
-                       pruning=pruning, directory=directory,
+    tuner_class = SweepHyperband if spec.name == TunerName.hyperband else SweepTuner
+    return tuner_class(oracle, hypermodel, observers, policy, directory=directory,
                        project_name=project_name, overwrite=overwrite,
                        executions_per_trial=spec.executions_per_trial)
 
@@ -252,7 +248,3 @@ def _search_values(values: dict) -> dict:
     """Drop keras-tuner's own bookkeeping values (``tuner/epochs`` ...)."""
     return {k: v for k, v in values.items() if not k.startswith("tuner/")}
 
-
-def _last_line(message: str | None) -> str:
-    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error"

@@ -36,7 +36,10 @@ def _options(group: str) -> list[str]:
 
 
 def _yaml(group: str, option: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
+    """An option's values (without its Hydra defaults list, which names its schema)."""
+    values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
+    values.pop("defaults", None)
+    return values
 
 
 @pytest.fixture(scope="module")

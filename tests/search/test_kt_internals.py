@@ -1,5 +1,5 @@
 """search.kt.internals: the one module on keras-tuner's private API refuses untested versions
-and recognises keras-tuner's failure stop."""
+and repairs what a kill between its two state writes leaves."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from cnnsearch.search.errors import UserError
 from cnnsearch.search.kt.internals import (
     TESTED_VERSIONS,
     check_version,
-    failure_stop_reason,
     repair_after_reload,
 )
 from cnnsearch.search.sweep import validate
@@ -33,17 +32,6 @@ def test_an_untested_keras_tuner_is_refused_before_any_work(monkeypatch, make_sp
     assert f"pip install 'keras-tuner=={TESTED_VERSIONS[-1]}'" in message
     assert "\n" not in message
     assert list(tmp_path.iterdir()) == []
-
-
-def test_failure_stop_reason_reads_keras_tuners_stop_and_nothing_else():
-    stop = RuntimeError("Number of consecutive failures exceeded the limit of 3.\n"
-                        "Traceback (most recent call last):\n  ...\n"
-                        "ValueError: loss became NaN at epoch 0\n")
-    assert failure_stop_reason(stop) == ("Number of consecutive failures exceeded the limit "
-                                         "of 3. Last reason: ValueError: loss became NaN at "
-                                         "epoch 0")
-    assert failure_stop_reason(RuntimeError("CUDA out of memory")) is None
-    assert failure_stop_reason(ValueError("consecutive failures")) is None
 
 
 def _oracle(project: Path) -> kt.Oracle:

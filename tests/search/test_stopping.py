@@ -1,5 +1,6 @@
-"""search.stopping: median stopping and the time budget end a trial at an epoch end, keeping
-its best epoch; through real (tiny) sweeps."""
+"""search.kt.stopping: the sweep's one stop policy. Median stopping and the time budget end
+a trial at an epoch end, keeping its best epoch; the budget and failures in a row end the
+search; through the policy itself and real (tiny) sweeps."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import json
 
 import pytest
 
-from cnnsearch.search.kt.stopping import best_up_to, median_at
+from cnnsearch.search.config import tuner_config
+from cnnsearch.search.kt.stopping import (
+    TIME_SPENT,
+    MedianPruner,
+    StopPolicy,
+    best_up_to,
+    median_at,
+)
 from cnnsearch.search.kt.tuners import HISTORY_FILE
 from cnnsearch.search.sweep import run_sweep
 
@@ -25,6 +33,46 @@ def test_median_counts_only_trials_that_reached_the_epoch():
     assert median_at(histories, 1, maximize=True) == (pytest.approx(0.825), 2)
     assert median_at(histories, 0, maximize=True) == (0.5, 3)
     assert median_at([[(0, 0.1)]], 4, maximize=True) is None
+
+
+def test_the_median_pruner_judges_only_after_its_warmup_and_with_enough_trials():
+    pruner = MedianPruner(warmup_epochs=2, min_trials=2)
+    others = [[(0, 0.8), (1, 0.9)], [(0, 0.7), (1, 0.8)]]
+    mine = [(0, 0.1), (1, 0.2)]
+    assert pruner.reason("val_accuracy", True, 0, mine[:1], others) is None   # warming up
+    assert pruner.reason("val_accuracy", True, 1, mine, others[:1]) is None   # 1 of 2 trials
+    assert pruner.reason("val_accuracy", True, 1, mine, others) == (
+        "pruned: best val_accuracy 0.2000 by epoch 1 is worse than the median 0.8500 of 2 "
+        "earlier trials")
+    assert pruner.reason("val_loss", False, 1, mine, others) is None   # lower is better here
+
+
+def test_the_policy_stops_the_search_after_failures_in_a_row_with_the_last_reason():
+    policy = StopPolicy(max_seconds=None, max_failures=2)
+    assert policy.search_stop([]) is None
+    assert policy.search_stop(["Traceback ...\nValueError: one"]) is None
+    reason = policy.search_stop(["Traceback ...\nValueError: one",
+                                 "Traceback (most recent call last):\n  ...\n"
+                                 "RuntimeError: two\n"])
+    assert reason == ("Number of consecutive failures reached the limit of 2 "
+                      "(tuner.max_consecutive_failed_trials). Last reason: RuntimeError: two")
+    assert policy.search_stop([]) == reason == policy.stopped_reason   # decided once
+
+
+def test_a_spent_budget_stops_the_search_and_the_running_trial_first():
+    policy = StopPolicy(max_seconds=1e-9, max_failures=1, pruner=MedianPruner(1, 1))
+    asked = []
+    assert policy.trial_stop("val_accuracy", True, 0, [(0, 0.1)],
+                             lambda: asked.append(1) or []) == TIME_SPENT
+    assert asked == []   # the pruner was not asked
+    assert policy.search_stop(["failed"]) == "time budget tuner.max_seconds=1e-09 reached"
+
+
+def test_the_tuners_config_decides_the_pruner():
+    assert StopPolicy.from_config(tuner_config("random")).pruner == MedianPruner(4, 3)
+    assert StopPolicy.from_config(tuner_config("grid", pruning="none")).pruner is None
+    hyperband = StopPolicy.from_config(tuner_config("hyperband", max_seconds=60))
+    assert hyperband.pruner is None and hyperband.deadline is not None
 
 
 # Grid order: learning rate 0.01 (learns) then 1e-6 (barely moves), one architecture.
