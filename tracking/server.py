@@ -149,7 +149,7 @@ def mlflow_server(store_uri: str, artifacts: Path, port: int) -> subprocess.Pope
         while not _healthy(f"http://{HOST}:{port}/health"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise TrackingError(f"mlflow server did not start (see {logfile}): "
-                                    f"{last_line(logfile.read_text(errors='replace')) or '(no output)'}")
+                                    f"{_log_tail(logfile)}")
             time.sleep(0.5)
     except BaseException:   # not started, or Ctrl-C meanwhile: leave nothing running
         stop(process)
@@ -206,7 +206,11 @@ def _run(command: list[str], what: str, logfile: Path | None = None) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         output = done.stderr if done.stderr.strip() else done.stdout
-        detail = last_line(logfile.read_text(errors="replace") if logfile and logfile.exists()
-                           else output) or "(no output)"
+        detail = (_log_tail(logfile) if logfile and logfile.exists()
+                  else last_line(output) or "(no output)")
         raise TrackingError(f"{what} failed: {detail}")
 
+
+def _log_tail(path: Path) -> str:
+    """The last line of a server's log file."""
+    return last_line(path.read_text(errors="replace")) or "(no output)"
