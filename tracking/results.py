@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 COLUMNS = ["rank", "trial", "status", "score", "val_accuracy", "params", "flops",
            "train_seconds", "epochs_run", "pareto", "architecture", "reason", "run_id",
            "start_time"]
+# column -> where a trial's run (flattened by pandas.json_normalize) holds it; "score"
+# is the metric best_<objective> of the sweep
+SOURCES = {"trial": "data.tags.cnnsearch.trial_id", "status": "data.tags.cnnsearch.status",
+           "score": None, "val_accuracy": "data.metrics.best_val_accuracy",
+           "params": "data.metrics.param_count", "flops": "data.metrics.flops",
+           "train_seconds": "data.metrics.train_seconds",
+           "epochs_run": "data.metrics.epochs_run",
+           "architecture": "data.tags.cnnsearch.architecture",
+           "reason": "data.tags.cnnsearch.reason", "run_id": "info.run_id",
+           "start_time": "info.start_time"}
 
 
 def latest_sweep(client: MlflowClient, experiment_ids: list[str], finished: bool = False):
@@ -50,24 +60,15 @@ def leaderboard(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
         max_results=50_000)
-    rows = []
-    for run in runs:
-        metrics, tags = run.data.metrics, run.data.tags
-        rows.append({
-            "trial": tags.get("cnnsearch.trial_id", ""),
-            "status": tags.get("cnnsearch.status", run.info.status.lower()),
-            "score": metrics.get(f"best_{objective}"),
-            "val_accuracy": metrics.get("best_val_accuracy"),
-            "params": metrics.get("param_count"),
-            "flops": metrics.get("flops"),
-            "train_seconds": metrics.get("train_seconds"),
-            "epochs_run": metrics.get("epochs_run"),
-            "architecture": tags.get("cnnsearch.architecture", ""),
-            "reason": tags.get("cnnsearch.reason", ""),
-            "run_id": run.info.run_id,
-            "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
-        })
-    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("rank", "pareto")])
+    # each run flattened: info.run_id, data.metrics.<name>, data.tags.<name> ...
+    flat = pd.json_normalize([run.to_dictionary() for run in runs])
+    sources = {**SOURCES, "score": f"data.metrics.best_{objective}"}
+    table = flat.reindex(columns=list(sources.values()))
+    table.columns = list(sources)
+    if "info.status" in flat:   # a run without cnnsearch's status: MLflow's
+        table["status"] = table.status.fillna(flat["info.status"].str.lower())
+    table = table.fillna({"trial": "", "architecture": "", "reason": ""})
+    table["start_time"] = pd.to_datetime(table.start_time, unit="ms")
     table = table.sort_values(["score", "params"], ascending=[not maximize, True],
                               na_position="last", kind="stable").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
