@@ -76,15 +76,15 @@ class RecorderProcess:
     sweep stops in one line (``RecorderLost``), its running trial handed back, not failed.
 
     Args:
-        spec: where and under which names to record.
+        config: where and under which names to record.
         configure_logging: sets up the child's console logging like the sweep's.
         logs_model: the sweep ends with a model to log (not a distributed worker): the
             child prepares for it while the first trial trains.
     """
 
-    def __init__(self, spec: TrackingConfig, configure_logging: Callable[[], None],
+    def __init__(self, config: TrackingConfig, configure_logging: Callable[[], None],
                  logs_model: bool = True) -> None:
-        self._args = (spec, configure_logging, logs_model)
+        self._args = (config, configure_logging, logs_model)
         self._lock = threading.RLock()   # the pipe and the child, for the watcher too
         self._ids = itertools.count()
         self._unacked: dict[int, tuple[str, tuple, bool]] = {}   # in the order sent
@@ -311,7 +311,7 @@ class RecorderProcess:
             raise TrackingError(error)
 
 
-def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
+def _serve(pipe, config: TrackingConfig, configure_logging: Callable[[], None],
            logs_model: bool) -> None:
     """The child: get ready, open the store when asked, then record each event and
     acknowledge it (with the open runs, when they changed)."""
@@ -329,7 +329,7 @@ def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
     from cnnsearch.tracking.store import open_existing_store
 
     try:
-        client, unusable = open_existing_store(spec), None
+        client, unusable = open_existing_store(config), None
     except TrackingError as error:   # reported at check and open
         client, unusable = None, str(error)
     recorder, first_error, state = None, None, None
@@ -351,7 +351,7 @@ def _serve(pipe, spec: TrackingConfig, configure_logging: Callable[[], None],
             elif event in ("check", "open") and unusable:
                 raise TrackingError(unusable)
             elif event == "open":
-                recorder = MlflowRecorder(spec, client=client)
+                recorder = MlflowRecorder(config, client=client)
             elif event == STOP:
                 if recorder is not None:
                     recorder.sweep_failed(SystemExit("stopped before the sweep ended"))

@@ -73,19 +73,19 @@ class MlflowRecorder:
     """Records a sweep in MLflow as it runs.
 
     Args:
-        spec: where and under which names to record.
+        config: where and under which names to record.
         environment: the sweep's environment tags (``environment_tags()`` read in the
             sweep's process); None: read them here.
         client: a client on the store already open (``open_existing_store``); None:
             open (or create) it here.
     """
 
-    def __init__(self, spec: TrackingConfig, environment: dict[str, str] | None = None,
+    def __init__(self, config: TrackingConfig, environment: dict[str, str] | None = None,
                  client: MlflowClient | None = None) -> None:
-        self.spec = spec
+        self.config = config
         self.environment = environment
-        self.client: MlflowClient = client or open_store(spec)
-        self.experiment_id = experiment_id(self.client, spec)
+        self.client: MlflowClient = client or open_store(config)
+        self.experiment_id = experiment_id(self.client, config)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}   # trial id -> open child run id
         self.objective = "val_accuracy"
@@ -123,7 +123,7 @@ class MlflowRecorder:
                              yaml.safe_dump(info.config.get("search_space", {}), sort_keys=False),
                              "search_space.yaml")
         log.info("MLflow: parent run %s in experiment %r (%s)", self.parent_id,
-                 self.spec.experiment, self.spec.display_uri)
+                 self.config.experiment, self.config.display_uri)
 
     def sweep_ended(self, result, model) -> None:
         metrics = {
@@ -211,7 +211,7 @@ class MlflowRecorder:
         if parent is None or parent.info.status != RunState.RUNNING:
             raise TrackingError(
                 f"no running sweep {info.name!r} with this worker's search space and data "
-                f"in {self.spec.display_uri}: start workers with the chief's config and a "
+                f"in {self.config.display_uri}: start workers with the chief's config and a "
                 "tracking store both reach (tracking=server tracking.uri=...)")
         self.parent_id = parent.info.run_id
         log.info("MLflow: trials join parent run %s", self.parent_id)
@@ -348,7 +348,7 @@ class MlflowRecorder:
         signature = ModelSignature(   # float32 batches in, class probabilities out
             Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]))]),
             Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]))]))
-        mlflow.set_tracking_uri(self.spec.tracking_uri)
+        mlflow.set_tracking_uri(self.config.tracking_uri)
         mlflow.set_experiment(experiment_id=self.experiment_id)   # else experiment 0 gets it
         self._fail_pending_models()
         info = Model.log(artifact_path=None, name="model", flavor=_KerasFlavor,
@@ -367,7 +367,7 @@ class MlflowRecorder:
 
     def _registered_model(self) -> str:
         """``tracking.registered_model``, created if new (another sweep may do so too)."""
-        name = self.spec.registered_model
+        name = self.config.registered_model
         try:
             self.client.get_registered_model(name)
         except MlflowException:

@@ -40,32 +40,32 @@ EXPERIMENT_KIND = "mlflow.experimentKind"   # an experiment tag the UI reads
 STORE_LOCK = ".cnnsearch.lock"   # beside the local store's mlflow.db
 
 
-def open_store(spec: TrackingConfig) -> MlflowClient:
+def open_store(config: TrackingConfig) -> MlflowClient:
     """Check the store is usable and return a client for it.
 
     Raises:
         TrackingError: unreachable server or non-writable folder.
     """
-    if spec.mode == TrackingMode.server:
-        _check_server(spec.uri)
+    if config.mode == TrackingMode.server:
+        _check_server(config.uri)
     else:
         try:
-            spec.store_dir.mkdir(parents=True, exist_ok=True)
+            config.store_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise TrackingError(f"cannot create the MLflow store in {spec.store_dir}: "
+            raise TrackingError(f"cannot create the MLflow store in {config.store_dir}: "
                                 f"{error.strerror}") from None
-        if not os.access(spec.store_dir, os.W_OK):
-            raise TrackingError(f"the MLflow store folder {spec.store_dir} is not writable")
-        with _store_lock(spec.store_dir):   # one process creates or upgrades the schema
-            if not spec.uri:
-                _create_atomically(spec.store_file)
-            client = MlflowClient(spec.tracking_uri)
+        if not os.access(config.store_dir, os.W_OK):
+            raise TrackingError(f"the MLflow store folder {config.store_dir} is not writable")
+        with _store_lock(config.store_dir):   # one process creates or upgrades the schema
+            if not config.uri:
+                _create_atomically(config.store_file)
+            client = MlflowClient(config.tracking_uri)
             client.search_experiments(max_results=1)
         return client
-    return MlflowClient(spec.tracking_uri)
+    return MlflowClient(config.tracking_uri)
 
 
-def open_existing_store(spec: TrackingConfig) -> MlflowClient | None:
+def open_existing_store(config: TrackingConfig) -> MlflowClient | None:
     """A client on the store if it is already there (a server: if it answers), opened
     without writing anything; None if a local store is not made yet or does not open
     (``open_store`` then makes it, or says why it cannot).
@@ -73,18 +73,18 @@ def open_existing_store(spec: TrackingConfig) -> MlflowClient | None:
     Raises:
         TrackingError: the server does not answer.
     """
-    if spec.mode == TrackingMode.server:
-        return open_store(spec)
-    if not spec.store_file.is_file():
+    if config.mode == TrackingMode.server:
+        return open_store(config)
+    if not config.store_file.is_file():
         return None
     try:
-        return _read_only(spec)
+        return _read_only(config)
     except (MlflowException, OSError):
         return None
 
 
-def _read_only(spec: TrackingConfig) -> MlflowClient:
-    client = MlflowClient(spec.tracking_uri)
+def _read_only(config: TrackingConfig) -> MlflowClient:
+    client = MlflowClient(config.tracking_uri)
     client.search_experiments(max_results=1)
     return client
 
@@ -118,19 +118,19 @@ def _store_lock(store_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def experiment_id(client: MlflowClient, spec: TrackingConfig, create: bool = True) -> str | None:
+def experiment_id(client: MlflowClient, config: TrackingConfig, create: bool = True) -> str | None:
     """The id of the configured experiment, created if needed (and allowed)."""
-    experiment = client.get_experiment_by_name(spec.experiment)
+    experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
         return experiment.experiment_id
     if not create:
         return None
     try:   # the UI then opens it as a model-training experiment (runs), not a GenAI one
-        return client.create_experiment(spec.experiment,
-                                        artifact_location=spec.artifact_location,
+        return client.create_experiment(config.experiment,
+                                        artifact_location=config.artifact_location,
                                         tags={EXPERIMENT_KIND: "custom_model_development"})
     except MlflowException:   # another sweep created it a moment ago
-        experiment = client.get_experiment_by_name(spec.experiment)
+        experiment = client.get_experiment_by_name(config.experiment)
         if experiment is None:
             raise
         return experiment.experiment_id

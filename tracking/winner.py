@@ -11,6 +11,7 @@ from mlflow.entities import LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cnnsearch.search.errors import first_line
 from cnnsearch.tracking.config import TrackingError
 from cnnsearch.tracking.results import latest_sweep
 from cnnsearch.tracking.store import RunState
@@ -89,19 +90,10 @@ def log_export(client: MlflowClient, run_id: str, directory: Path) -> None:
 
 
 def _from_registry(client: MlflowClient, uri: str) -> str:
-    """The run id behind ``models:/<name>/<version|latest>``."""
-    parts = uri.removeprefix("models:/").split("/")
-    if not uri.startswith("models:/") or len(parts) != 2:
-        raise TrackingError(f"export.model must look like models:/<name>/<version|latest>, "
-                            f"got {uri!r}")
-    name, version = parts
-    versions = client.search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise TrackingError(f"registered model {name!r} does not exist in this store")
-    if version == "latest":
-        chosen = max(versions, key=lambda v: int(v.version))
-    else:
-        chosen = next((v for v in versions if v.version == version), None)
-        if chosen is None:
-            raise TrackingError(f"registered model {name!r} has no version {version}")
-    return chosen.run_id
+    """The sweep run behind a model URI (``models:/<name>/<version|latest>``,
+    ``models:/<name>@<alias>``, ``models:/<id>``), as MLflow resolves it."""
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        return mlflow.models.get_model_info(uri).run_id
+    except MlflowException as error:
+        raise TrackingError(f"export.model={uri}: {first_line(error.message)}") from None

@@ -88,24 +88,24 @@ class _Loaded:
     class_names: tuple[str, ...]
 
 
-def load_dataset(spec: DataConfig, seed: int) -> Dataset:
-    """Load, scale and split the data described by `spec`, deterministically under `seed`.
+def load_dataset(config: DataConfig, seed: int) -> Dataset:
+    """Load, scale and split the data described by `config`, deterministically under `seed`.
 
     Raises:
-        UserError: the spec or the data on disk is unusable, or a download failed.
+        UserError: the config or the data on disk is unusable, or a download failed.
     """
-    spec.validate()
-    loaded = _LOADERS[spec.name](spec, seed)
+    config.validate()
+    loaded = _LOADERS[config.name](config, seed)
     x_train, x_test = _to_unit_range(_with_channel(loaded.x_train), _with_channel(loaded.x_test))
     x_train, x_val, y_train, y_val = _split(
-        x_train, loaded.y_train, spec.val_fraction, seed, "data.val_fraction"
+        x_train, loaded.y_train, config.val_fraction, seed, "data.val_fraction"
     )
-    if spec.limit is not None and spec.limit < len(y_train):
-        _, x_train, _, y_train = _split(x_train, y_train, spec.limit, seed, "data.limit")
+    if config.limit is not None and config.limit < len(y_train):
+        _, x_train, _, y_train = _split(x_train, y_train, config.limit, seed, "data.limit")
     data = Dataset(x_train, y_train, x_val, y_val, x_test, loaded.y_test, loaded.class_names)
     logger.info(
         "data=%s: train %s, val %s, test %s, %d classes (%s)",
-        spec.name,
+        config.name,
         x_train.shape,
         x_val.shape,
         x_test.shape,
@@ -154,21 +154,22 @@ def _scale_factor(x_train: np.ndarray) -> float:
     return max(abs(low), abs(high))
 
 
-def _load_digits(spec: DataConfig, seed: int) -> _Loaded:
+def _load_digits(config: DataConfig, seed: int) -> _Loaded:
     """sklearn's bundled 8x8 digits (values 0..16), split into train and test."""
     digits = load_digits()
     x, y = digits.images / 16.0, digits.target.astype(np.int32)
-    x_train, x_test, y_train, y_test = _split(x, y, spec.test_fraction, seed, "data.test_fraction")
+    x_train, x_test, y_train, y_test = _split(x, y, config.test_fraction, seed,
+                                              "data.test_fraction")
     return _Loaded(x_train, y_train, x_test, y_test, tuple(str(i) for i in range(10)))
 
 
-def _load_keras(spec: DataConfig, seed: int) -> _Loaded:
+def _load_keras(config: DataConfig, seed: int) -> _Loaded:
     """A keras.datasets dataset with its own test split (downloaded once, then cached)."""
     try:
-        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, spec.name).load_data()
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, config.name).load_data()
     except Exception as exc:  # offline downloads fail with URL, OS or plain Exceptions
         raise UserError(
-            f"data={spec.name} needs internet or a cached copy in ~/.keras/datasets "
+            f"data={config.name} needs internet or a cached copy in ~/.keras/datasets "
             f"(download failed: {_short_reason(exc)}); "
             "use data=digits (bundled) or data=npz data.path=FILE"
         ) from exc
@@ -177,33 +178,33 @@ def _load_keras(spec: DataConfig, seed: int) -> _Loaded:
         y_train.reshape(-1).astype(np.int32),
         x_test,
         y_test.reshape(-1).astype(np.int32),
-        KERAS_CLASS_NAMES[spec.name],
+        KERAS_CLASS_NAMES[config.name],
     )
 
 
-def _load_idx(spec: DataConfig, seed: int) -> _Loaded:
+def _load_idx(config: DataConfig, seed: int) -> _Loaded:
     """MNIST or Fashion-MNIST from the authors' IDX files, the first source found.
 
     ``data.path`` (a folder) when given; else the folder a system package installs
     (Debian's ``dataset-fashion-mnist``); else ``keras.datasets``, which reads its cache
     in ~/.keras/datasets or downloads.
     """
-    class_names = KERAS_CLASS_NAMES[spec.name]
-    system = SYSTEM_FOLDERS.get(spec.name)
-    if spec.path:
-        folder = Path(spec.path).expanduser()
+    class_names = KERAS_CLASS_NAMES[config.name]
+    system = SYSTEM_FOLDERS.get(config.name)
+    if config.path:
+        folder = Path(config.path).expanduser()
         if not folder.is_dir():
-            raise UserError(f"data.path {folder} is not a folder (data={spec.name} reads the "
+            raise UserError(f"data.path {folder} is not a folder (data={config.name} reads the "
                             f"IDX files {', '.join(idx.FILES.values())} in it)")
     elif system is not None and idx.has_files(system):
         folder = system
     else:
         try:
-            return _load_keras(spec, seed)
+            return _load_keras(config, seed)
         except UserError as exc:
-            raise UserError(_where_to_get(spec.name, exc.__cause__)) from exc.__cause__
+            raise UserError(_where_to_get(config.name, exc.__cause__)) from exc.__cause__
     arrays = idx.load_folder(folder, len(class_names))
-    logger.info("data=%s: IDX files in %s", spec.name, folder)
+    logger.info("data=%s: IDX files in %s", config.name, folder)
     return _Loaded(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                    class_names)
 
@@ -226,16 +227,16 @@ def _short_reason(exc: Exception, max_chars: int = 160) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
-def _required_path(spec: DataConfig) -> Path:
-    """spec.path as a Path, or a UserError when it is not set."""
-    if not spec.path:
-        raise UserError(f"data.path is required for data={spec.name}")
-    return Path(spec.path).expanduser()
+def _required_path(config: DataConfig) -> Path:
+    """config.path as a Path, or a UserError when it is not set."""
+    if not config.path:
+        raise UserError(f"data.path is required for data={config.name}")
+    return Path(config.path).expanduser()
 
 
-def _load_npz(spec: DataConfig, seed: int) -> _Loaded:
+def _load_npz(config: DataConfig, seed: int) -> _Loaded:
     """A user .npz file with x_train, y_train, x_test, y_test (like keras' mnist.npz)."""
-    path = _required_path(spec)
+    path = _required_path(config)
     if not path.is_file():
         raise UserError(f"data.path {path} does not exist (data=npz needs a .npz file)")
     arrays = _read_npz(path)
@@ -323,19 +324,20 @@ def _encode_labels(
     )
 
 
-def _load_image_folder(spec: DataConfig, seed: int) -> _Loaded:
+def _load_image_folder(config: DataConfig, seed: int) -> _Loaded:
     """Images in one sub-folder per class under data.path, split into train and test."""
-    class_dirs = _class_dirs(_required_path(spec))
+    class_dirs = _class_dirs(_required_path(config))
     files: list[Path] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
         images = _image_files(class_dir)
         files += images
         labels += [label] * len(images)
-    size = spec.image_size or _image_size(files[0])
-    x = np.stack([_read_image(file, spec.color_mode, size) for file in files])
+    size = config.image_size or _image_size(files[0])
+    x = np.stack([_read_image(file, config.color_mode, size) for file in files])
     y = np.array(labels, dtype=np.int32)
-    x_train, x_test, y_train, y_test = _split(x, y, spec.test_fraction, seed, "data.test_fraction")
+    x_train, x_test, y_train, y_test = _split(x, y, config.test_fraction, seed,
+                                              "data.test_fraction")
     return _Loaded(x_train, y_train, x_test, y_test, tuple(d.name for d in class_dirs))
 
 

@@ -100,14 +100,14 @@ class Chief:
 
     Args:
         oracle: the sweep's keras-tuner oracle (this process's).
-        spec: the distributed config.
+        config: the distributed config.
         policy: the sweep's stop policy (budget, consecutive failures), shared with the
             chief's own tuner.
         lost: called with (trial id, why) for each trial whose worker was lost.
     """
 
     oracle: object
-    spec: DistributedConfig
+    config: DistributedConfig
     policy: StopPolicy
     lost: Callable[[str, str], None] = lambda trial_id, why: None
     server: OracleServer | None = None
@@ -116,7 +116,7 @@ class Chief:
 
     def start(self) -> None:
         """Listen on ``distributed.bind``."""
-        host, port = address("distributed.bind", self.spec.bind, any_port=True)
+        host, port = address("distributed.bind", self.config.bind, any_port=True)
         self.server = OracleServer(self.oracle, host, port)
         public = socket.gethostname() if host in ("0.0.0.0", "::") else host
         log.info("chief serving trials at %s:%d", public, self.server.port)
@@ -178,7 +178,7 @@ class Chief:
         if stopping and not ongoing_trials(self.oracle) and not tuners_asking(self.oracle) \
                 and not waiting:
             return True
-        if pool is not None and not pool.running and self.spec.role is None and not trained:
+        if pool is not None and not pool.running and self.config.role is None and not trained:
             self._check_workers(pool)
             if ongoing_trials(self.oracle) or not self.server.told_a_worker_to_stop:
                 raise UserError("every worker process ended before the search was over "
@@ -203,12 +203,12 @@ class Chief:
         now = time.monotonic()
         running = ongoing_trials(self.oracle)
         self._seen = {t: self._seen.get(t, now) for t in running.values()}
-        if self.spec.trial_timeout is None:
+        if self.config.trial_timeout is None:
             return
         for tuner_id, trial_id in running.items():
-            if now - self._seen[trial_id] > self.spec.trial_timeout:
+            if now - self._seen[trial_id] > self.config.trial_timeout:
                 self._lose(tuner_id, trial_id, f"no result within distributed.trial_timeout="
-                                               f"{self.spec.trial_timeout:g} s")
+                                               f"{self.config.trial_timeout:g} s")
 
     def _lose(self, tuner_id: str, trial_id: str, why: str) -> None:
         again = trial_id not in self._requeued

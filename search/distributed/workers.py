@@ -55,11 +55,11 @@ def worker_env(index: int, workers: int, gpus: list[str], workers_per_gpu: int,
     return env
 
 
-def check_listen(spec: DistributedConfig) -> None:
+def check_listen(config: DistributedConfig) -> None:
     """Fail now, in one line, when the chief could not listen at ``distributed.bind``
     (a port in use, e.g. by this sweep's chief started twice): before any worker, record
     or file of the sweep is touched. Port 0 (any free port) always can."""
-    host, port = address("distributed.bind", spec.bind, any_port=True)
+    host, port = address("distributed.bind", config.bind, any_port=True)
     if not port:
         return
     try:
@@ -71,16 +71,16 @@ def check_listen(spec: DistributedConfig) -> None:
         raise cannot_listen(host, port) from None
 
 
-def with_port(spec: DistributedConfig) -> DistributedConfig:
-    """``spec`` with a free port in ``distributed.bind`` where it asks for any (port 0),
+def with_port(config: DistributedConfig) -> DistributedConfig:
+    """``config`` with a free port in ``distributed.bind`` where it asks for any (port 0),
     so this host's workers know the chief's address before it listens."""
-    host, port = address("distributed.bind", spec.bind, any_port=True)
+    host, port = address("distributed.bind", config.bind, any_port=True)
     if port:
-        return spec
+        return config
     with socket.socket() as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
-    return replace(spec, bind=f"{host}:{port}")
+    return replace(config, bind=f"{host}:{port}")
 
 
 @dataclass
@@ -104,15 +104,15 @@ class WorkerPool:
     """
 
     overrides: list[str]
-    spec: DistributedConfig
+    config: DistributedConfig
     relay: EventRelay | None = None
     workers: list[Worker] = field(default_factory=list)
 
     @property
     def chief(self) -> str:
-        if self.spec.role == Role.worker:
-            return self.spec.chief
-        host, port = address("distributed.bind", self.spec.bind)
+        if self.config.role == Role.worker:
+            return self.config.chief
+        host, port = address("distributed.bind", self.config.bind)
         return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
     def start(self) -> None:
@@ -122,11 +122,11 @@ class WorkerPool:
         command = [sys.executable, "-m", "cnnsearch", "sweep", *kept,
                    "distributed.role=worker", f"distributed.chief={self.chief}",
                    "distributed.workers=1",
-                   f"distributed.connect_timeout={self.spec.connect_timeout}"]
-        first = self.spec.workers - self.spec.worker_processes   # 1: the chief's share
-        for index in range(first, self.spec.workers):
-            env = {**os.environ, **worker_env(index, self.spec.workers, gpus,
-                                              self.spec.workers_per_gpu, cores),
+                   f"distributed.connect_timeout={self.config.connect_timeout}"]
+        first = self.config.workers - self.config.worker_processes   # 1: the chief's share
+        for index in range(first, self.config.workers):
+            env = {**os.environ, **worker_env(index, self.config.workers, gpus,
+                                              self.config.workers_per_gpu, cores),
                    PARENT_ENV: str(os.getpid()), **(self.relay.env if self.relay else {})}
             process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
@@ -134,10 +134,10 @@ class WorkerPool:
             relay = threading.Thread(target=self._relay, args=(name, process), daemon=True)
             relay.start()
             self.workers.append(Worker(name, process, relay))
-        log.info("started %d worker process(es) for chief %s", self.spec.worker_processes,
+        log.info("started %d worker process(es) for chief %s", self.config.worker_processes,
                  self.chief)
         if first:   # this process trains the first share: its threads or GPU
-            os.environ.update(worker_env(0, self.spec.workers, gpus, self.spec.workers_per_gpu,
+            os.environ.update(worker_env(0, self.config.workers, gpus, self.config.workers_per_gpu,
                                          cores))
 
     def _relay(self, name: str, process: subprocess.Popen) -> None:

@@ -1,8 +1,8 @@
 """Every use of keras-tuner's private API, in one place, for the tested versions only.
 
 cnnsearch needs a few things keras-tuner does not make public: a hook on each random
-draw (to skip infeasible candidates), the oracle's record of tried values, a hook on
-each execution's callbacks, the trial's error handling, the best-epoch checkpoint
+draw (to skip infeasible candidates), the oracle's record of tried values, the
+classes of keras-tuner's own callbacks, the trial's error handling, the best-epoch checkpoint
 class, the switch that builds a model per hyperparameter condition, its JSON state
 writer (made atomic),
 and, for a distributed sweep, its gRPC oracle service, the oracle's running trials and
@@ -100,13 +100,10 @@ class FilteredDraws:
 
 
 class TunerHooks:
-    """Tuner mixin: ``adapt_callback`` sees each callback of each execution of a trial,
-    a hypermodel that declares its whole space up front is built once per trial, and a
-    full disk stops the search (keras-tuner would count each trial it breaks as failed).
+    """Tuner mixin: a hypermodel that declares its whole space up front is built once per
+    trial, and a full disk stops the search (keras-tuner would count each trial it
+    breaks as failed).
     """
-
-    def adapt_callback(self, callback, trial_id: str):
-        return callback
 
     def _try_run_and_update_trial(self, trial, *args, **kwargs):
         try:
@@ -124,11 +121,6 @@ class TunerHooks:
             if isinstance(error, SweepStopped):
                 raise _HandBack() from error
             raise
-
-    def _build_and_fit_model(self, trial, *args, **kwargs):
-        kwargs["callbacks"] = [self.adapt_callback(callback, trial.trial_id)
-                               for callback in kwargs.get("callbacks", [])]
-        return super()._build_and_fit_model(trial, *args, **kwargs)
 
     def _activate_all_conditions(self):
         # The hypermodel's declare_hyperparameters already registered every conditional

@@ -118,22 +118,23 @@ ORACLES: dict[TunerName, type[kt.Oracle]] = {
     TunerName.grid: GridOracle, TunerName.hyperband: HyperbandOracle}
 
 
-def make_oracle(spec: TunerConfig, seed: int, skip_check: Callable[[dict], str | None],
+def make_oracle(config: TunerConfig, seed: int, skip_check: Callable[[dict], str | None],
                 on_skip: Callable[[str, dict], None]) -> kt.Oracle:
     """The configured oracle.
 
     Args:
-        spec: the tuner's schema (its knobs are its oracle's options).
+        config: the tuner's schema (its knobs are its oracle's options).
         seed: random seed of the oracle.
         skip_check: why a candidate (its hyperparameter values) must not be trained, or None.
         on_skip: told of each skipped candidate (reason, values).
     """
     # No failure limit here: the sweep's stop policy counts failed trials
     # (search/kt/stopping.py), for a local search and a chief alike.
-    oracle = ORACLES[spec.name](
-        **spec.oracle_options(), objective=kt.Objective(spec.objective, spec.objective_direction),
-        seed=seed, max_retries_per_trial=spec.max_retries_per_trial,
+    oracle = ORACLES[config.name](
+        **config.oracle_options(),
+        objective=kt.Objective(config.objective, config.objective_direction), seed=seed,
+        max_retries_per_trial=config.max_retries_per_trial,
         max_consecutive_failed_trials=NO_FAILURE_LIMIT)
     oracle.init_skips(skip_check, on_skip)
-    oracle.start_from_defaults = isinstance(spec, DefaultsFirst) and spec.start_from_defaults
+    oracle.start_from_defaults = isinstance(config, DefaultsFirst) and config.start_from_defaults
     return oracle

@@ -3,9 +3,7 @@
 * The tuner turns a NaN or infinite loss into a failed trial and reports each trial and
   epoch to the sweep's observers. keras-tuner itself clears the Keras session before
   building each trial's model.
-* A trial trains as fast as a bare ``model.fit``: no callback has per-batch hooks
-  (Keras keeps its asynchronous batch dispatch where the backend has it) and the
-  best epoch's weights are kept in memory and written once, at the end of training.
+* A trial trains as fast as a bare ``model.fit`` (search/kt/hypermodel.py).
 """
 
 from __future__ import annotations
@@ -25,11 +23,8 @@ from cnnsearch.search.errors import last_line
 from cnnsearch.search.events import Observers, TrialOutcome, TrialState
 from cnnsearch.search.kt.hypermodel import CNNHyperModel
 from cnnsearch.search.kt.internals import (
-    BestEpochInMemory,
     TunerHooks,
     consecutive_failures,
-    is_best_epoch_checkpoint,
-    is_tuner_callback,
     is_worker_oracle,
     stop_new_trials,
 )
@@ -85,7 +80,6 @@ class SweepTuner(TunerHooks, kt.Tuner):
         self._reporters: dict[str, _EpochReporter] = {}
         self._stops: dict[str, StopRules] = {}
         self._histories: dict[str, list[tuple[int, float]]] = {}
-        self._checkpoints: dict[str, BestEpochInMemory] = {}
         self._train_images = 0
         kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
 
@@ -144,21 +138,6 @@ class SweepTuner(TunerHooks, kt.Tuner):
                                          if path.is_file() else [])
         return self._histories[trial_id]
 
-    def adapt_callback(self, callback, trial_id: str):
-        """keras-tuner's own callbacks, made as cheap as a bare fit's.
-
-        No weights written at every improving epoch, no forced wait per batch.
-        """
-        if is_best_epoch_checkpoint(callback):  # one per trial, shared by its executions
-            if trial_id not in self._checkpoints:
-                self._checkpoints[trial_id] = BestEpochInMemory(callback.objective,
-                                                                 callback.filepath)
-            return self._checkpoints[trial_id]
-        if is_tuner_callback(callback):
-            # its batch hooks call Tuner.on_batch_*, which do nothing here
-            callback.async_safe = True
-        return callback
-
     def on_trial_end(self, trial):
         try:
             super().on_trial_end(trial)
@@ -175,7 +154,6 @@ class SweepTuner(TunerHooks, kt.Tuner):
         seconds = time.perf_counter() - self._started.pop(trial.trial_id, time.perf_counter())
         reporter = self._reporters.pop(trial.trial_id, None)
         stops = self._stops.pop(trial.trial_id, None)
-        self._checkpoints.pop(trial.trial_id, None)
         completed = trial.status == TrialStatus.COMPLETED
         if stops is not None and completed:
             self._histories[trial.trial_id] = stops.history
@@ -205,13 +183,13 @@ class SweepHyperband(SweepTuner, kt.tuners.Hyperband):
     """Hyperband's epoch schedule and weight hand-over, with our trial lifecycle."""
 
 
-def make_tuner(spec: TunerConfig, hypermodel: CNNHyperModel, observers: Observers,
+def make_tuner(config: TunerConfig, hypermodel: CNNHyperModel, observers: Observers,
                policy: StopPolicy, directory: str, project_name: str, overwrite: bool,
                seed: int) -> SweepTuner:
     """Create the configured tuner over ``hypermodel``'s space.
 
     Args:
-        spec: the tuner's schema.
+        config: the tuner's schema.
         hypermodel: the CNN hypermodel (its space decides feasibility).
         observers: receivers of trial, epoch and skip events.
         policy: the sweep's stop policy.
@@ -220,12 +198,12 @@ def make_tuner(spec: TunerConfig, hypermodel: CNNHyperModel, observers: Observer
         overwrite: start afresh instead of resuming an existing project.
         seed: random seed of the oracle.
     """
-    spec.validate()
-    oracle = make_oracle(spec, seed, hypermodel.skip_reason, observers.candidate_skipped)
-    tuner_class = SweepHyperband if spec.name == TunerName.hyperband else SweepTuner
+    config.validate()
+    oracle = make_oracle(config, seed, hypermodel.skip_reason, observers.candidate_skipped)
+    tuner_class = SweepHyperband if config.name == TunerName.hyperband else SweepTuner
     return tuner_class(oracle, hypermodel, observers, policy, directory=directory,
                        project_name=project_name, overwrite=overwrite,
-                       executions_per_trial=spec.executions_per_trial)
+                       executions_per_trial=config.executions_per_trial)
 
 
 def completed_trials(tuner: SweepTuner) -> dict[str, dict[str, float]]:

@@ -146,7 +146,8 @@ def test_tflite_float16(swept, tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    (["export.model=models:/nope/1"], "registered model 'nope' does not exist"),
+    (["export.model=models:/nope/1"], "export.model=models:/nope/1: Registered Model with "
+                                      "name=nope not found"),
     (["export.run=0123456789abcdef0123456789abcdef"], "run 0123456789abcdef0123456789abcdef "
                                                       "is not a cnnsearch sweep"),
     (["export.format=pdf"], "export.format 'pdf' is unknown; choose from keras, saved_model, "

@@ -222,16 +222,15 @@ def test_trials_keep_keras_asynchronous_batch_dispatch(make_spec, small_space, m
     # stopping, ours) must not have any. TensorFlow never dispatches asynchronously, so
     # the check asks what Keras would decide on a thread-safe backend.
     dispatch = []
+    fit = keras.Model.fit
 
-    class RecordingHyperModel(CNNHyperModel):
-        def fit(self, hp, model, *args, **kwargs):
-            with monkeypatch.context() as patch:
-                patch.setattr(keras.src.backend, "IS_THREAD_SAFE", True)
-                callbacks = keras.callbacks.CallbackList(kwargs["callbacks"], model=model)
-            dispatch.append(callbacks._async_train)
-            return super().fit(hp, model, *args, **kwargs)
+    def recording_fit(model, *args, callbacks=None, **kwargs):
+        with monkeypatch.context() as patch:
+            patch.setattr(keras.src.backend, "IS_THREAD_SAFE", True)
+            dispatch.append(keras.callbacks.CallbackList(callbacks, model=model)._async_train)
+        return fit(model, *args, callbacks=callbacks, **kwargs)
 
-    monkeypatch.setattr(cnnsearch.search.sweep, "CNNHyperModel", RecordingHyperModel)
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
     spec = make_spec(small_space, training={"early_stopping_patience": 2},
                      final_fit={"enabled": False})
     result, _ = run_sweep(spec, [])

@@ -52,7 +52,7 @@ def test_a_stopped_sweep_closes_the_runs_its_workers_left_open(tmp_path):
 
 def test_a_worker_stopping_leaves_the_other_workers_runs_open(tmp_path):
     chief, worker = _recorders(tmp_path)
-    other = MlflowRecorder(chief.spec, client=chief.client)
+    other = MlflowRecorder(chief.config, client=chief.client)
     other.parent_id, other.owns_parent = chief.parent_id, False
     mine, theirs = _trial(worker, "0"), _trial(other, "1")
 
