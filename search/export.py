@@ -106,8 +106,13 @@ def check_spec(spec: ExportSpec) -> None:
                             f"{MANIFEST}); export.overwrite only replaces earlier exports")
 
 
-def export_winner(source: ExportSource, spec: ExportSpec) -> dict:
+def export_winner(source: ExportSource, spec: ExportSpec, write=export_model,
+                  predict=predict_with_runtime) -> dict:
     """Write every format, check each against the in-memory model, write the manifest.
+
+    ``write(model, fmt, folder, opset=, quantize=)`` writes one format and returns its
+    path; ``predict(fmt, path, x)`` runs it in its own runtime (models.export's, unless
+    given).
 
     Returns:
         The manifest (also written as ``manifest.json`` in the destination).
@@ -121,7 +126,7 @@ def export_winner(source: ExportSource, spec: ExportSpec) -> dict:
     staging.mkdir(parents=True)
     try:
         reference = np.asarray(source.model.predict(source.sample, verbose=0))
-        files = {fmt: _export_one(source, spec, fmt, staging, reference)
+        files = {fmt: _export_one(source, spec, fmt, staging, reference, write, predict)
                  for fmt in spec.formats}
         manifest = {
             "source": source.source, "run_id": source.run_id,
@@ -148,13 +153,13 @@ def export_winner(source: ExportSource, spec: ExportSpec) -> dict:
 
 
 def _export_one(source: ExportSource, spec: ExportSpec, fmt: str, folder: Path,
-                reference: np.ndarray) -> dict:
+                reference: np.ndarray, write, predict) -> dict:
     started = time.perf_counter()
     quantize = spec.quantize if fmt == "tflite" else "none"
-    path = export_model(source.model, fmt, folder, opset=spec.opset, quantize=quantize)
+    path = write(source.model, fmt, folder, opset=spec.opset, quantize=quantize)
     seconds = time.perf_counter() - started
     with native_logs_hidden():   # the TFLite runtime announces its CPU delegate
-        predicted = predict_with_runtime(fmt, path, source.sample)
+        predicted = predict(fmt, path, source.sample)
     record = parity(reference, predicted, quantize)
     record.update(path=path.name, quantize=quantize, export_seconds=round(seconds, 3),
                   bytes=_size(path), sha256=_sha256(path))

@@ -137,13 +137,18 @@ def check_sweep_name(name: str | None) -> None:
 
 
 def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | None = None,
-              workers: WorkerPool | None = None) -> tuple[SweepResult, keras.Model]:
+              workers: WorkerPool | None = None,
+              hypermodel_class: type[CNNHyperModel] = CNNHyperModel,
+              ) -> tuple[SweepResult, keras.Model]:
     """Search, re-train the winner, evaluate it once on the test split.
 
     Args:
         spec: the sweep's configuration.
         observers: receivers of sweep, trial and epoch events (progress, MLflow).
         data: ``spec.data`` already loaded with ``spec.seed`` (loaded here when None).
+        workers: this host's worker processes, already started (distributed sweeps).
+        hypermodel_class: how hyperparameters become a trained model (a subclass may
+            build or fit differently).
 
     Returns:
         The result summary and the final model.
@@ -158,12 +163,13 @@ def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | No
     if data is None:
         data = load_dataset(spec.data, spec.seed)
     with _sweep_folder(spec) as (directory, continued):
-        return _search_and_fit(spec, space, events, data, workers, directory, continued)
+        return _search_and_fit(spec, space, events, data, workers, hypermodel_class,
+                               directory, continued)
 
 
 def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data: Dataset,
-                    workers: WorkerPool | None, directory: Path,
-                    continued: bool) -> tuple[SweepResult, keras.Model]:
+                    workers: WorkerPool | None, hypermodel_class: type[CNNHyperModel],
+                    directory: Path, continued: bool) -> tuple[SweepResult, keras.Model]:
     """``run_sweep`` once the sweep's folder is this process's."""
     keras.utils.set_random_seed(spec.seed)
     dtype_policy = keras.config.dtype_policy()
@@ -171,7 +177,7 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
         keras.config.set_dtype_policy("mixed_float16")
     started = time.perf_counter()
     try:
-        hypermodel = CNNHyperModel(space, data.input_shape, data.num_classes, spec.training)
+        hypermodel = hypermodel_class(space, data.input_shape, data.num_classes, spec.training)
         policy = StopPolicy.from_config(spec.tuner)
         tuner = make_tuner(spec.tuner, hypermodel, events, policy, directory=str(directory),
                            project_name="tuner", overwrite=not spec.resume, seed=spec.seed)

@@ -28,7 +28,13 @@ from tests.search.test_distributed import (
     _first_trial,
     _local_worker,
 )
-from tests.tracking.conftest import open_experiment, run_cli, start_cli, wait_for_text
+from tests.tracking.conftest import (
+    open_experiment,
+    run_cli,
+    start_cli,
+    wait_for_an_epoch,
+    wait_for_text,
+)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]   # ~40-90 s each
 
@@ -101,10 +107,10 @@ def test_a_killed_recorder_of_the_chief_is_restarted(tmp_path):
 def test_a_killed_host_recorder_loses_none_of_a_workers_records(tmp_path):
     # a local worker records through the chief's recorder: one per host (issue 27)
     with _chief_in_a_trial(tmp_path, "training.epochs=4") as (chief, stderr):
-        index, _ = _first_trial(stderr)
+        index, trial_id = _first_trial(stderr)
         worker = _local_worker(chief, index)
         assert not [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())]
-        time.sleep(0.5)   # inside the trial's fit: its run exists, epochs are being logged
+        wait_for_an_epoch(tmp_path, chief, trial_id)   # inside the trial's fit
         _kill(_recorder_of(psutil.Process(chief.pid)))
         text = _wait_chief(chief, stderr)
     _check_no_traceback(text)
@@ -119,8 +125,7 @@ def test_a_chief_killed_in_its_final_fit_is_resumed_by_the_same_command(tmp_path
     stderr = tmp_path / "chief.err"
     chief = start_cli(*args, stderr_path=stderr)
     try:
-        wait_for_text(stderr, "final fit:", chief, timeout=600)
-        time.sleep(0.3)
+        wait_for_text(stderr, "final fit:", chief, timeout=600)   # printed as it begins
         chief.send_signal(signal.SIGKILL)   # the chief alone, as the OOM killer would
         chief.wait()
     finally:

@@ -15,7 +15,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,13 @@ from cnnsearch.search.config import DistributedConfig, Role, address
 from cnnsearch.search.distributed.workers import check_listen, worker_env
 from cnnsearch.search.errors import UserError
 from tests.conftest import error_lines
-from tests.tracking.conftest import open_experiment, run_cli, start_cli, wait_for_text
+from tests.tracking.conftest import (
+    open_experiment,
+    run_cli,
+    start_cli,
+    wait_for_an_epoch,
+    wait_for_text,
+)
 
 SWEEP = ["sweep", "experiment=quick", "tuner.max_trials=6", "sweep.name=two"]
 SHORT = ["training.epochs=3", "data.limit=300"]
@@ -173,8 +178,8 @@ def _alive_with(text: str) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_hands_its_trial_to_the_other(tmp_path):
     with _chief_in_a_trial(tmp_path, "training.epochs=8") as (chief, stderr):
-        index, _ = _first_trial(stderr)
-        time.sleep(1.0)   # inside the trial's fit
+        index, trial_id = _first_trial(stderr)
+        wait_for_an_epoch(tmp_path, chief, trial_id)   # inside the trial's fit
         _local_worker(chief, index).send_signal(signal.SIGKILL)
         assert chief.wait(timeout=600) == 0, stderr.read_text()[-3000:]
     text = stderr.read_text()
@@ -272,7 +277,7 @@ def test_a_chief_and_a_worker_started_apart_and_a_worker_of_another_space(tmp_pa
 @pytest.mark.slow
 def test_ctrl_c_stops_the_chief_and_its_workers_and_closes_every_run(tmp_path):
     with _chief_in_a_trial(tmp_path, "training.epochs=30") as (chief, stderr):
-        time.sleep(1.0)
+        wait_for_an_epoch(tmp_path, chief)   # a trial's fit is under way
         os.killpg(chief.pid, signal.SIGINT)   # what Ctrl-C in its terminal sends
         assert chief.wait(timeout=120) == 130, stderr.read_text()[-3000:]
     store = open_experiment(tmp_path)
@@ -287,7 +292,7 @@ def test_ctrl_c_stops_the_chief_and_its_workers_and_closes_every_run(tmp_path):
 def test_a_worker_that_does_not_stop_is_killed_and_its_run_closed_by_the_chief(tmp_path):
     with _chief_in_a_trial(tmp_path, "training.epochs=30") as (chief, stderr):
         index, trial_id = _first_trial(stderr)
-        time.sleep(1.0)   # the chief's recorder has opened the trial's run (it trains)
+        wait_for_an_epoch(tmp_path, chief, trial_id)   # its run is open, it trains
         stuck = _local_worker(chief, index)   # frozen, as in a native call: it cannot
         stuck.send_signal(signal.SIGSTOP)      # close its run
         os.killpg(chief.pid, signal.SIGINT)

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import cnnsearch.models
-import cnnsearch.search.export
 from cnnsearch.models import Architecture, Block, Head
-from cnnsearch.models.export import FORMATS
+from cnnsearch.models.export import FORMATS, export_model, predict_with_runtime
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.export import (
     FLOAT_TOLERANCE,
@@ -271,21 +270,18 @@ def _corrupt_onnx(path) -> None:
     onnx.save(graph, path)
 
 
-def test_a_corrupted_artifact_fails_the_export_and_writes_nothing(tmp_path, source,
-                                                                  monkeypatch):
+def test_a_corrupted_artifact_fails_the_export_and_writes_nothing(tmp_path, source):
     """The ONNX file really is damaged after writing: onnxruntime's answers differ."""
-    real = cnnsearch.search.export.export_model
-
     def export_then_corrupt(model, fmt, directory, **kwargs):
-        path = real(model, fmt, directory, **kwargs)
+        path = export_model(model, fmt, directory, **kwargs)
         if fmt == "onnx":
             _corrupt_onnx(path)
         return path
 
-    monkeypatch.setattr(cnnsearch.search.export, "export_model", export_then_corrupt)
     destination = tmp_path / "exports" / "sweep-1"
     with pytest.raises(UserError) as error:
-        export_winner(source, ExportSpec(("keras", "onnx", "tflite"), destination))
+        export_winner(source, ExportSpec(("keras", "onnx", "tflite"), destination),
+                      write=export_then_corrupt)
     message = _one_line(error)
     assert "export.format=onnx does not match the trained model" in message
     assert "nothing was written" in message
@@ -293,17 +289,15 @@ def test_a_corrupted_artifact_fails_the_export_and_writes_nothing(tmp_path, sour
     assert _leftovers(destination.parent) == []
 
 
-def test_a_runtime_disagreement_names_the_format(tmp_path, source, monkeypatch):
-    real = cnnsearch.search.export.predict_with_runtime
-
+def test_a_runtime_disagreement_names_the_format(tmp_path, source):
     def predict(fmt, path, x):
-        out = real(fmt, path, x)
+        out = predict_with_runtime(fmt, path, x)
         return _flip(out, 2) if fmt == "tflite" else out
 
-    monkeypatch.setattr(cnnsearch.search.export, "predict_with_runtime", predict)
     destination = tmp_path / "sweep-1"
     with pytest.raises(UserError) as error:
-        export_winner(source, ExportSpec(("keras", "tflite"), destination, quantize="dynamic"))
+        export_winner(source, ExportSpec(("keras", "tflite"), destination, quantize="dynamic"),
+                      predict=predict)
     message = _one_line(error)
     assert "export.format=tflite" in message
     assert "top-1 agreement 93.75%" in message  # 2 of 32 flipped
@@ -311,15 +305,13 @@ def test_a_runtime_disagreement_names_the_format(tmp_path, source, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
-def test_a_failed_overwrite_keeps_the_previous_export(tmp_path, source, monkeypatch):
+def test_a_failed_overwrite_keeps_the_previous_export(tmp_path, source):
     destination = tmp_path / "sweep-1"
     export_winner(source, ExportSpec(("keras",), destination))
     before = (destination / MANIFEST).read_text()
-    real = cnnsearch.search.export.predict_with_runtime
-    monkeypatch.setattr(cnnsearch.search.export, "predict_with_runtime",
-                        lambda fmt, path, x: real(fmt, path, x) + 1e-3)
     with pytest.raises(UserError, match="export.format=keras"):
-        export_winner(source, ExportSpec(("keras",), destination, overwrite=True))
+        export_winner(source, ExportSpec(("keras",), destination, overwrite=True),
+                      predict=lambda fmt, path, x: predict_with_runtime(fmt, path, x) + 1e-3)
     assert (destination / MANIFEST).read_text() == before
     assert sorted(p.name for p in destination.iterdir()) == ["manifest.json", "model.keras"]
     assert _leftovers(tmp_path) == []

@@ -13,8 +13,6 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-import cnnsearch.search.kt.hypermodel
-import cnnsearch.search.sweep
 from cnnsearch.search.data.datasets import load_dataset
 from cnnsearch.search.errors import SweepStopped, UserError, disk_full
 from cnnsearch.search.kt.hypermodel import CNNHyperModel
@@ -32,46 +30,43 @@ NOTHING_FITS = dict(num_blocks=[2, 3], padding=["valid"], kernel_size=[7], strid
 
 
 @pytest.fixture
-def built(monkeypatch) -> list:
-    """Every architecture the sweep's hypermodel is asked to build, in order."""
-    architectures = []
+def recording() -> type[CNNHyperModel]:
+    """A hypermodel class that keeps every architecture it is asked to build (``built``)."""
 
     class RecordingHyperModel(CNNHyperModel):
+        built: list = []
+
         def build(self, hp):
-            architectures.append(self.candidate(hp).architecture)
+            self.built.append(self.candidate(hp).architecture)
             return super().build(hp)
 
-    monkeypatch.setattr(cnnsearch.search.sweep, "CNNHyperModel", RecordingHyperModel)
-    return architectures
+    return RecordingHyperModel
 
 
-@pytest.fixture
-def failing_build(monkeypatch):
-    """Make building a candidate raise for the architectures ``fails(arch)`` selects."""
+def failing(fails) -> type[CNNHyperModel]:
+    """A hypermodel class whose build raises for the architectures ``fails(arch)`` selects."""
 
-    def install(fails) -> None:
-        real = cnnsearch.search.kt.hypermodel.build_model
-
-        def build_model(arch):
+    class FailingHyperModel(CNNHyperModel):
+        def build(self, hp):
+            arch = self.candidate(hp).architecture
             if fails(arch):
                 raise RuntimeError(f"injected build failure ({arch.blocks[0].filters} filters)")
-            return real(arch)
+            return super().build(hp)
 
-        monkeypatch.setattr(cnnsearch.search.kt.hypermodel, "build_model", build_model)
-
-    return install
+    return FailingHyperModel
 
 
 # -- feasibility filter ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("tuner", ["random", pytest.param("grid", marks=pytest.mark.slow)])
-def test_infeasible_candidates_are_skipped_not_trained(make_spec, small_space, built, recorder,
-                                                      tuner):
+def test_infeasible_candidates_are_skipped_not_trained(make_spec, small_space, recording,
+                                                      recorder, tuner):
     space = {**small_space, **MOSTLY_INFEASIBLE}
     spec = make_spec(space, tuner={"name": tuner, "max_trials": 3}, final_fit={"enabled": False})
-    result, _ = run_sweep(spec, [recorder])
+    result, _ = run_sweep(spec, [recorder], hypermodel_class=recording)
 
+    built = recording.built
     assert built, "no candidate was built"
     assert [arch.infeasibility() for arch in built] == [None] * len(built)
     started = [candidate.architecture for _, _, candidate in recorder.of("trial_started")]
@@ -88,31 +83,31 @@ def test_infeasible_candidates_are_skipped_not_trained(make_spec, small_space, b
 
 
 @pytest.mark.parametrize("tuner", ["random", "grid"])
-def test_a_space_without_a_feasible_candidate_is_a_user_error(make_spec, small_space, built,
+def test_a_space_without_a_feasible_candidate_is_a_user_error(make_spec, small_space, recording,
                                                              recorder, tuner):
     spec = make_spec({**small_space, **NOTHING_FITS}, tuner={"name": tuner})
     with pytest.raises(UserError, match="no feasible candidate") as info:
-        run_sweep(spec, [recorder])
+        run_sweep(spec, [recorder], hypermodel_class=recording)
     assert "8x8x1" in str(info.value)
     assert "\n" not in str(info.value)
-    assert built == []
+    assert recording.built == []
     assert recorder.of("trial_started") == []
     assert recorder.of("candidate_skipped")
     assert isinstance(recorder.of("sweep_failed")[0][0], UserError)
 
 
-def test_candidates_over_the_parameter_budget_are_skipped(make_spec, small_space, built,
+def test_candidates_over_the_parameter_budget_are_skipped(make_spec, small_space, recording,
                                                           recorder):
     # Of the small space's 84 candidates only the 9 with two 8-filter blocks and no dense
     # layer have fewer than 1,000 parameters (994); the smallest 1-block one has 1,370.
     budget = 1000
     spec = make_spec({**small_space, "max_params": budget}, final_fit={"enabled": False},
                      tuner={"max_trials": 1})
-    result, _ = run_sweep(spec, [recorder])
+    result, _ = run_sweep(spec, [recorder], hypermodel_class=recording)
 
     assert result.n_completed == 1
-    assert built   # the trial, then the reload of the best model
-    assert all(arch.params <= budget for arch in built)
+    assert recording.built   # the trial, then the reload of the best model
+    assert all(arch.params <= budget for arch in recording.built)
     assert result.params <= budget
     assert result.n_skipped > 0
     assert all("max_params" in reason for reason in result.skip_reasons)
@@ -122,15 +117,14 @@ def test_candidates_over_the_parameter_budget_are_skipped(make_spec, small_space
 # -- failure policy ------------------------------------------------------------------
 
 
-def test_failed_builds_and_nan_losses_fail_their_trials_only(make_spec, small_space,
-                                                             failing_build, recorder):
+def test_failed_builds_and_nan_losses_fail_their_trials_only(make_spec, small_space, recorder):
     # The grid runs exactly these four: 8 filters (build fails) x lr 0.003 / 1e30,
     # then 16 filters x lr 0.003 (trains) / 1e30 (SGD overflows: the loss becomes NaN).
-    failing_build(lambda arch: arch.blocks[0].filters == 8)
+    hypermodel_class = failing(lambda arch: arch.blocks[0].filters == 8)
     space = {**small_space, "num_blocks": [1], "filters": [8, 16], "pooling": ["max"],
              "dense_units": [0], "learning_rate": [0.003, 1e30], "optimizer": ["sgd"]}
     spec = make_spec(space, tuner={"name": "grid", "max_trials": 4}, final_fit={"enabled": False})
-    result, _ = run_sweep(spec, [recorder])
+    result, _ = run_sweep(spec, [recorder], hypermodel_class=hypermodel_class)
 
     assert (result.n_completed, result.n_failed, result.n_skipped) == (1, 3, 0)
     assert result.stopped_reason is None
@@ -160,13 +154,13 @@ def test_a_full_disk_stops_the_search_instead_of_failing_trials(make_spec, small
                                                                 monkeypatch, recorder):
     # keras-tuner counts any error of a trial as the trial's failure and goes on; a full
     # disk breaks every trial alike, so the sweep must stop at once, its trial unfailed.
-    def fit(self, hp, model, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", "/data/ckpt.weights.h5")
+    class FullDisk(CNNHyperModel):
+        def fit(self, hp, model, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/ckpt.weights.h5")
 
-    monkeypatch.setattr(cnnsearch.search.sweep.CNNHyperModel, "fit", fit)
     spec = make_spec(small_space, final_fit={"enabled": False})
     with pytest.raises(kt.errors.FatalError) as raised:
-        run_sweep(spec, [recorder])
+        run_sweep(spec, [recorder], hypermodel_class=FullDisk)
 
     assert disk_full(raised.value) == (
         "no space left on device (writing /data/ckpt.weights.h5): free some space, then run "
@@ -277,11 +271,10 @@ def test_trials_leave_no_graph_behind_in_tensorflows_gradient_registry(make_spec
 
 
 def test_consecutive_failures_stop_the_sweep_with_the_last_reason(make_spec, small_space,
-                                                                  failing_build, recorder):
-    failing_build(lambda arch: True)
+                                                                  recorder):
     spec = make_spec(small_space, tuner={"max_trials": 5, "max_consecutive_failed_trials": 2})
     with pytest.raises(UserError) as info:
-        run_sweep(spec, [recorder])
+        run_sweep(spec, [recorder], hypermodel_class=failing(lambda arch: True))
     message = str(info.value)
     assert "consecutive failures" in message
     assert "limit of 2" in message

@@ -62,6 +62,26 @@ def wait_for_text(path: Path, text: str | re.Pattern, process: subprocess.Popen,
     pytest.fail(f"{text!r} not printed within {timeout} s:\n{path.read_text()[-3000:]}")
 
 
+def wait_for_an_epoch(root: Path, process: subprocess.Popen, trial_id: str | None = None,
+                      timeout: float = 240) -> None:
+    """Wait until a trial (``trial_id``, or any) of the running sweep under ``root`` has
+    logged an epoch: its fit is under way. Only once its store exists (the parent run
+    announced, or a trial started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        store = open_experiment(root)
+        for run in store.children:
+            if trial_id not in (None, run.data.tags.get("cnnsearch.trial_id")):
+                continue
+            if store.client.get_metric_history(run.info.run_id, "val_accuracy"):
+                return
+        if process.poll() is not None:
+            pytest.fail(f"the command exited ({process.returncode}) before an epoch was logged")
+        time.sleep(0.25)
+    pytest.fail(f"no epoch of {f'trial {trial_id}' if trial_id else 'a trial'} logged within "
+                f"{timeout} s")
+
+
 def store_uri(root: Path) -> str:
     return f"sqlite:///{root}/mlflow/mlflow.db"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import psutil
 import pytest
@@ -15,6 +14,7 @@ from tests.tracking.conftest import (
     run_cli,
     start_cli,
     stop_tree,
+    wait_for_an_epoch,
     wait_for_text,
 )
 
@@ -31,14 +31,8 @@ def _start_and_wait_for_a_trial(tmp_path):
     sweep = start_cli("sweep", f"paths.root={root}", *LONG, stderr_path=stderr)
     # the store is fully created once the parent run is announced: only then open it here
     wait_for_text(stderr, "MLflow: parent run", sweep, timeout=240)
-    store = open_experiment(root)
-    deadline = time.monotonic() + 60
-    while not store.children and time.monotonic() < deadline:
-        time.sleep(0.25)
-    assert store.children, stderr.read_text()[-3000:]
-    wait_for_text(stderr, "trial 0", sweep, timeout=30)
-    time.sleep(2)   # inside fit by now
-    return sweep, root, store, stderr
+    wait_for_an_epoch(root, sweep)   # its first trial's run exists, inside fit by now
+    return sweep, root, open_experiment(root), stderr
 
 
 def test_sigkill_leaves_running_runs_that_the_next_command_marks_killed(tmp_path):

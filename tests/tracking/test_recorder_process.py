@@ -94,7 +94,7 @@ def test_an_unusable_store_is_one_line_and_writes_nothing(tmp_path):
 
 def test_nothing_is_written_before_open(tmp_path):
     recorder = RecorderProcess(_spec(tmp_path / "out"), configure_logging)
-    time.sleep(3)   # the child is up, MLflow imported
+    recorder.check()   # the child is up, MLflow imported
     recorder.close()
     assert not (tmp_path / "out").exists()
 
