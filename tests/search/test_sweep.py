@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.sweep import STATE_FILE, SWEEP_LOCK, epochs_behind, run_sweep, validate
+from cnnsearch.search.final_fit import epochs_behind
+from cnnsearch.search.folder import STATE_FILE, SWEEP_LOCK
+from cnnsearch.search.sweep import run_sweep, validate
 from tests.conftest import replace
 
 # -- the final fit's length ----------------------------------------------------------

@@ -15,9 +15,11 @@ import pytest
 
 from cnnsearch.search.data.datasets import load_dataset
 from cnnsearch.search.errors import SweepStopped, UserError, disk_full
+from cnnsearch.search.events import BEST_MODEL_FILE
+from cnnsearch.search.folder import STATE_FILE
 from cnnsearch.search.kt.hypermodel import CNNHyperModel
 from cnnsearch.search.kt.internals import BestEpochInMemory
-from cnnsearch.search.sweep import BEST_MODEL_FILE, STATE_FILE, run_sweep
+from cnnsearch.search.sweep import run_sweep
 from tests.conftest import Recorder
 
 # On 8x8 digits with `valid` padding only 1-block candidates fit (every 2- and 3-block
@@ -202,7 +204,7 @@ def test_labels_no_model_can_learn_end_with_a_warning(make_spec, small_space, ca
         rng = np.random.default_rng(0)
         data = dataclasses.replace(data, y_train=rng.permutation(data.y_train),
                                    y_val=rng.permutation(data.y_val))
-    with caplog.at_level(logging.WARNING, logger="cnnsearch.search.sweep"):
+    with caplog.at_level(logging.WARNING, logger="cnnsearch.search.final_fit"):
         result, _ = run_sweep(spec, [], data=data)
 
     assert result.n_completed == 1
