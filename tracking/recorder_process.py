@@ -125,11 +125,14 @@ class RecorderProcess:
         return (self._state or {}).get("parent_id")
 
     def close(self) -> None:
-        """End the child if no sweep ending did (an error before the sweep started)."""
+        """End the child if no sweep ending did (an error before the sweep started; before
+        :meth:`open` it has written nothing, so it is not waited for)."""
         with self._lock:
-            if not self._ended and self.lost is None and self._process.is_alive():
+            self._leaving = True   # the watcher restarts no child from now on
+            if not self._opened:
+                self._process.kill()
+            elif not self._ended and self.lost is None and self._process.is_alive():
                 self._call(STOP)
-            self._leaving = True
             process = self._process
         process.join(timeout=60)
         atexit.unregister(self._leave)
