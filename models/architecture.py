@@ -15,6 +15,7 @@ POOLINGS = ("max", "avg", "sum", "none")
 PADDINGS = ("same", "valid")
 GLOBAL_POOLINGS = ("flatten", "avg", "max")
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "swish", "tanh", "sigmoid", "leaky_relu")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 
 
 def output_side(side: int, window: int, stride: int, padding: str) -> int:

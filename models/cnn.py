@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from cnnsearch.models.architecture import Architecture, Block
+from cnnsearch.models.architecture import OPTIMIZERS, Architecture, Block
 from cnnsearch.models.layers import sum_pooling_2d
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 
 _POOLS = {
     "max": keras.layers.MaxPooling2D,

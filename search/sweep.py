@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 import keras
 
 from cnnsearch.search.config import (
-    DataConfig,
-    DistributedConfig,
-    FinalFitConfig,
-    RandomTunerConfig,
     TrainingConfig,
-    TunerConfig,
 )
 from cnnsearch.search.data.datasets import Dataset, load_dataset
 from cnnsearch.search.distributed.workers import WorkerPool
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.events import BEST_MODEL_FILE, Observers, SweepInfo, SweepResult
 from cnnsearch.search.final_fit import final_model
-from cnnsearch.search.folder import check_sweep_name, sweep_folder
+from cnnsearch.search.folder import sweep_folder
 from cnnsearch.search.kt.hypermodel import CNNHyperModel
 from cnnsearch.search.kt.internals import (
     check_version,
@@ -42,71 +35,9 @@ from cnnsearch.search.kt.tuners import (
     completed_trials,
     make_tuner,
 )
+from cnnsearch.search.spec import SweepSpec, validate
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """Everything a sweep needs, as plain values (built by the CLI from the config)."""
-
-    data: DataConfig
-    search_space: dict
-    tuner: TunerConfig = field(default_factory=RandomTunerConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    root: str = "outputs"
-    name: str | None = None
-    resume: bool = True
-    seed: int = 0
-    final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
-    config: dict = field(default_factory=dict)   # the composed config, for the records
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-
-    @property
-    def space_hash(self) -> str:
-        """Hash of the search space and the data config: what a resume must not change."""
-        blob = json.dumps({"space": self.search_space, "data": asdict(self.data)},
-                          sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-    @property
-    def sweep_name(self) -> str:
-        return self.name or (f"{self.data.name}-{self.tuner.name}-seed{self.seed}-"
-                             f"{self.space_hash[:8]}")
-
-    @property
-    def recorded_config(self) -> dict:
-        """The config keys this sweep uses: no other command's keys, no distributed keys
-        for a one-process sweep (the tuner's schema holds only its own knobs)."""
-        unused = {"export", "results", "ui", "server"} | (set() if self.distributed.enabled
-                                                else {"distributed"})
-        config = {k: v for k, v in self.config.items() if k not in unused}
-        return config
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.root).resolve() / "sweeps" / self.sweep_name
-
-
-def validate(spec: SweepSpec) -> SearchSpace:
-    """Check every user-given value before any data is loaded or model trained.
-
-    Returns:
-        The validated search space.
-
-    Raises:
-        UserError: naming the first bad key.
-    """
-    check_version()
-    space = SearchSpace.from_config(spec.search_space)
-    check_sweep_name(spec.name)
-    for group in (spec.data, spec.tuner, spec.training, spec.final_fit, spec.distributed):
-        group.validate()
-    if spec.tuner.name == "grid":
-        for dim in space.dims.values():
-            if dim.is_range and dim.step is None and not isinstance(dim.min, int):
-                raise UserError(f"tuner=grid needs a finite space: give search_space."
-                                f"{dim.name} a step or a list")
-    return space
 
 
 def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | None = None,
@@ -131,6 +62,7 @@ def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | No
             another process, no feasible candidate, or a search stopped by consecutive
             failures.
     """
+    check_version()
     space = validate(spec)
     events = Observers(observers or [])
     if data is None:
@@ -258,6 +190,7 @@ def run_worker(spec: SweepSpec, observers: list | None = None,
     from cnnsearch.search.distributed.chief import connect, follow_parent
 
     follow_parent()
+    check_version()
     space = validate(spec)
     events = Observers(observers or [])
     if data is None:

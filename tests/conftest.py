@@ -84,7 +84,7 @@ def make_spec(tmp_path):
     search unless it says otherwise).
     """
     from cnnsearch.search.config import DataConfig, FinalFitConfig, TrainingConfig
-    from cnnsearch.search.sweep import SweepSpec
+    from cnnsearch.search.spec import SweepSpec
 
     def make(search_space: dict | None = None, tuner: dict | None = None,
              training: dict | None = None, final_fit: dict | None = None,

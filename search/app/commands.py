@@ -41,7 +41,7 @@ def typed(cfg: DictConfig) -> Config:
 
 def sweep_spec(cfg: DictConfig):
     """Turn the composed config into the sweep's typed ``SweepSpec``."""
-    from cnnsearch.search.sweep import SweepSpec
+    from cnnsearch.search.spec import SweepSpec
 
     config = typed(cfg)
     return SweepSpec(
@@ -87,9 +87,11 @@ def sweep_command(cfg: DictConfig, overrides: list[str] | None = None,
     """``cnnsearch sweep``: run one sweep and print its summary table (a worker: train
     the trials its chief hands out). ``overrides``: what composed ``cfg``, for the
     workers this host starts (default: the command line's); ``show``: print the table."""
+    from cnnsearch.search.spec import validate
+
     overrides = _overrides() if overrides is None else overrides
+    validate(sweep_spec(cfg))   # a bad value: one line, before anything starts
     distributed = typed(cfg).distributed
-    distributed.validate()
     if distributed.role == Role.worker and distributed.workers > 1:
         return _local_workers(distributed, overrides)
     pool = None
@@ -134,10 +136,9 @@ def _run_sweep(cfg: DictConfig, distributed, pool, recorder, show: bool) -> Swee
     start_keras()
     from cnnsearch.search.data.datasets import load_dataset
     from cnnsearch.search.progress import ProgressDisplay
-    from cnnsearch.search.sweep import run_sweep, run_worker, validate
+    from cnnsearch.search.sweep import run_sweep, run_worker
 
     spec = dataclasses.replace(sweep_spec(cfg), distributed=distributed)
-    validate(spec)  # a bad value or a missing data set: one line, nothing written yet
     observers: list = [ProgressDisplay(console, live=False if distributed.enabled else None)]
     if recorder is not None:   # an unreachable server fails before any data is loaded
         recorder.check()

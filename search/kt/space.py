@@ -10,22 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import keras_tuner as kt
+from typing import TYPE_CHECKING, Any
 
 from cnnsearch.models.architecture import (
     ACTIVATIONS,
     GLOBAL_POOLINGS,
+    OPTIMIZERS,
     PADDINGS,
     POOLINGS,
     Architecture,
     Block,
     Head,
 )
-from cnnsearch.models.cnn import OPTIMIZERS
 from cnnsearch.search.config import BLOCK_KEYS, SPACE_KEYS
 from cnnsearch.search.errors import UserError
+
+if TYPE_CHECKING:   # validating a space needs no keras-tuner (nor Keras)
+    import keras_tuner as kt
 
 _ALLOWED = {
     "padding": PADDINGS, "pooling": POOLINGS, "activation": ACTIVATIONS,

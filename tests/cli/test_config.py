@@ -24,7 +24,7 @@ from cnnsearch.search.config import (
 from cnnsearch.search.data.datasets import load_dataset
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.kt.space import SearchSpace
-from cnnsearch.search.sweep import SweepSpec, validate
+from cnnsearch.search.spec import SweepSpec, validate
 from cnnsearch.tracking.store import TrackingError, open_store
 from tests.conftest import CONF_DIR, load_space
 

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from cnnsearch.models.architecture import Architecture, Block, Head
-from cnnsearch.models.cnn import OPTIMIZERS, build_model, compile_model
+from cnnsearch.models.architecture import OPTIMIZERS, Architecture, Block, Head
+from cnnsearch.models.cnn import build_model, compile_model
 from cnnsearch.search.config import DataConfig
 from cnnsearch.search.data.datasets import load_dataset
 from tests.conftest import run_without_cnnsearch

@@ -15,7 +15,7 @@ from cnnsearch.search.kt.internals import (
     check_version,
     repair_after_reload,
 )
-from cnnsearch.search.sweep import validate
+from cnnsearch.search.sweep import run_sweep
 
 
 def test_the_installed_keras_tuner_is_a_tested_one():
@@ -26,7 +26,7 @@ def test_the_installed_keras_tuner_is_a_tested_one():
 def test_an_untested_keras_tuner_is_refused_before_any_work(monkeypatch, make_spec, tmp_path):
     monkeypatch.setattr(kt, "__version__", "9.0.0")
     with pytest.raises(UserError) as info:
-        validate(make_spec())
+        run_sweep(make_spec())
     message = str(info.value)
     assert "keras-tuner 9.0.0 is not supported" in message
     assert f"pip install 'keras-tuner=={TESTED_VERSIONS[-1]}'" in message

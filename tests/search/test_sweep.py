@@ -18,7 +18,8 @@ import pytest
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.final_fit import epochs_behind
 from cnnsearch.search.folder import STATE_FILE, SWEEP_LOCK
-from cnnsearch.search.sweep import run_sweep, validate
+from cnnsearch.search.spec import validate
+from cnnsearch.search.sweep import run_sweep
 from tests.conftest import replace
 
 # -- the final fit's length ----------------------------------------------------------
