@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from cnnsearch.search.events import Objective  # noqa: E402
-from cnnsearch.tracking.store import TAG_ROLE  # noqa: E402
+from cnnsearch.tracking.store import TAG_ROLE, RunState  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def latest_sweep(client: MlflowClient, experiment_ids: list[str], finished: bool
     """The most recently started sweep (parent) run, or None: what ``latest`` means for
     ``cnnsearch results`` and ``cnnsearch export`` alike (``finished``: the most recently
     started of the FINISHED ones)."""
-    status = " and attributes.status = 'FINISHED'" if finished else ""
+    status = f" and attributes.status = '{RunState.FINISHED}'" if finished else ""
     runs = client.search_runs(experiment_ids,
                               filter_string=f"tags.`{TAG_ROLE}` = 'sweep'{status}",
                               order_by=["attributes.start_time DESC"], max_results=1)

@@ -25,6 +25,8 @@ TAG_ROLE = "cnnsearch.role"
 TAG_HOST = "cnnsearch.host"
 TAG_PID = "cnnsearch.pid"
 TAG_PROCESS_START = "cnnsearch.process_start"   # psutil create_time of that pid
+
+
 class RunState(StrEnum):
     """MLflow's run statuses, by name (``RunStatus`` is an int enum without them)."""
 
