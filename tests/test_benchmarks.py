@@ -48,6 +48,7 @@ def test_common_helpers():
     assert common.first_reaching([1, 2], [0.5, 0.6], 0.98) is None
 
 
+@pytest.mark.slow   # ~26 s, as the other benchmarks' tiny runs
 def test_overhead_tiny_and_report(tmp_path):
     payload = run_tiny("overhead", tmp_path)
     summary = payload["summary"]

@@ -175,6 +175,7 @@ def _die_at_start() -> None:   # the child's logging set-up: a recorder that can
     os._exit(3)
 
 
+@pytest.mark.slow   # ~17 s: a child started and killed again and again
 def test_a_recorder_that_keeps_dying_stops_the_sweep_in_one_line(tmp_path):
     recorder = RecorderProcess(_spec(tmp_path), _die_at_start)
     with pytest.raises(TrackingError) as raised:
