@@ -103,8 +103,9 @@ class Config:
 
 def register_configs() -> None:
     """Make the schema available to the ``cnnsearch_schema`` entry of config.yaml, and
-    each tuner's to its conf/tuner/<name>.yaml (as ``/schema/tuner/<name>``)."""
+    each tuner's to its conf/tuner/<name>.yaml (as ``tuner_<name>_schema``; outside any
+    group, so not an option of its own)."""
     store = ConfigStore.instance()
     store.store(name="cnnsearch_schema", node=Config)
     for name, schema in TUNER_CONFIGS.items():
-        store.store(group="schema/tuner", name=str(name), node=schema)
+        store.store(name=f"tuner_{name}_schema", node=schema)
