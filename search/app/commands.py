@@ -5,6 +5,7 @@ This is the edge where the DictConfig stops; everything below takes plain values
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -12,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -86,77 +86,92 @@ def sweep_command(cfg: DictConfig, overrides: list[str] | None = None,
                   show: bool = True) -> SweepResult | None:
     """``cnnsearch sweep``: run one sweep and print its summary table (a worker: train
     the trials its chief hands out). ``overrides``: what composed ``cfg``, for the
-    workers this host starts (default: the command line's); ``show``: print the table."""
+    workers this host starts (default: the command line's); ``show``: print the table.
+
+    In order: every value is checked (nothing starts on a bad one); this host's worker
+    processes and the MLflow recorder start, so their start-ups overlap this process's
+    Keras; an unreachable server fails before the data is loaded; the store's first
+    write waits until the data is good.
+    """
     from cnnsearch.search.spec import validate
 
     overrides = _overrides() if overrides is None else overrides
-    validate(sweep_spec(cfg))   # a bad value: one line, before anything starts
-    distributed = typed(cfg).distributed
+    spec = sweep_spec(cfg)
+    validate(spec)   # a bad value: one line, before anything starts
+    distributed, tracking = spec.distributed, tracking_spec(cfg)
     if distributed.role == Role.worker and distributed.workers > 1:
         return _local_workers(distributed, overrides)
-    pool = None
-    if distributed.enabled and distributed.role != Role.worker:
-        from cnnsearch.search.distributed.relay import EventRelay
-        from cnnsearch.search.distributed.workers import WorkerPool, check_listen, with_port
+    with contextlib.ExitStack() as stack:
+        pool = _start_workers(distributed, overrides, tracking, stack)
+        spec = dataclasses.replace(spec, distributed=pool.config if pool else distributed)
+        recorder = _start_recorder(tracking, distributed, stack)
+        start_keras()
+        from cnnsearch.search.data.datasets import load_dataset
+        from cnnsearch.search.progress import ProgressDisplay
+        from cnnsearch.search.sweep import run_sweep, run_worker
 
-        check_listen(distributed)   # a port in use: one line, nothing touched yet
-        if distributed.worker_processes:   # started before this process imports Keras
-            distributed = with_port(distributed)   # their start-ups overlap
-            relay = EventRelay() if tracking_spec(cfg).enabled else None   # one recorder
-            pool = WorkerPool(overrides, distributed, relay)
-            pool.start()
-    try:
-        return _sweep(cfg, distributed, pool, show)
-    finally:
-        if pool is not None:
-            pool.stop()
-
-
-def _sweep(cfg: DictConfig, distributed, pool, show: bool) -> SweepResult | None:
-    tracking = tracking_spec(cfg)
-    recorder = None
-    if tracking.enabled and distributed.role == Role.worker:   # one started by a chief
-        from cnnsearch.search.distributed.relay import RelayedRecorder  # records through it
-
-        recorder = RelayedRecorder.from_env()
-    if tracking.enabled and recorder is None:   # started first: MLflow's start-up
-        from cnnsearch.search.app.console import configure_logging  # overlaps Keras's
-        from cnnsearch.tracking.recorder_process import RecorderProcess
-
-        recorder = RecorderProcess(tracking, configure_logging,
-                                   logs_model=distributed.role != Role.worker)
-    try:
-        return _run_sweep(cfg, distributed, pool, recorder, show)
-    finally:
-        if recorder is not None:
-            recorder.close()
-
-
-def _run_sweep(cfg: DictConfig, distributed, pool, recorder, show: bool) -> SweepResult | None:
-    start_keras()
-    from cnnsearch.search.data.datasets import load_dataset
-    from cnnsearch.search.progress import ProgressDisplay
-    from cnnsearch.search.sweep import run_sweep, run_worker
-
-    spec = dataclasses.replace(sweep_spec(cfg), distributed=distributed)
-    observers: list = [ProgressDisplay(console, live=False if distributed.enabled else None)]
-    if recorder is not None:   # an unreachable server fails before any data is loaded
-        recorder.check()
-    data = load_dataset(spec.data, spec.seed)
-    if recorder is not None:   # the store's first write: the config and data are good
-        recorder.open()
-        observers.append(recorder)
-        if pool is not None and pool.relay is not None:   # the workers' trials too
-            pool.relay.attach(recorder)
-    with _sigterm_as_interrupt() as interrupted:
+        observers: list = [ProgressDisplay(console,
+                                           live=False if distributed.enabled else None)]
+        if recorder is not None:   # an unreachable server fails before any data is loaded
+            recorder.check()
+        data = load_dataset(spec.data, spec.seed)
+        if recorder is not None:   # the store's first write: the config and data are good
+            recorder.open()
+            observers.append(recorder)
+            if pool is not None and pool.relay is not None:   # the workers' trials too
+                pool.relay.attach(recorder)
+        interrupted = stack.enter_context(_sigterm_as_interrupt())
         if distributed.role == Role.worker:
             run_worker(spec, [*observers, interrupted], data=data)
             return None
         result, _ = run_sweep(spec, [*observers, interrupted], data=data, workers=pool)
-    result.run_id = recorder.parent_run_id if recorder is not None else None
+        result.run_id = recorder.parent_run_id if recorder is not None else None
     if show:
         report.print(summary_table(result))
     return result
+
+
+def _start_workers(distributed, overrides: list[str], tracking: TrackingConfig,
+                   stack: contextlib.ExitStack):
+    """This host's worker processes of a chief (None: none), stopped when ``stack`` ends.
+
+    Started before this process imports Keras, so their start-ups overlap; with
+    tracking on, they record through this process's recorder (one per host).
+    """
+    if not distributed.enabled or distributed.role == Role.worker:
+        return None
+    from cnnsearch.search.distributed.relay import EventRelay
+    from cnnsearch.search.distributed.workers import WorkerPool, check_listen, with_port
+
+    check_listen(distributed)   # a port in use: one line, nothing touched yet
+    if not distributed.worker_processes:
+        return None
+    pool = WorkerPool(overrides, with_port(distributed),
+                      EventRelay() if tracking.enabled else None)
+    pool.start()
+    stack.callback(pool.stop)
+    return pool
+
+
+def _start_recorder(tracking: TrackingConfig, distributed, stack: contextlib.ExitStack):
+    """The sweep's MLflow observer (None with tracking=none), closed when ``stack`` ends:
+    a recorder process, started now so that MLflow's start-up overlaps Keras's, or, in a
+    worker started by a chief, the relay to the chief's."""
+    if not tracking.enabled:
+        return None
+    if distributed.role == Role.worker:
+        from cnnsearch.search.distributed.relay import RelayedRecorder
+
+        if (relayed := RelayedRecorder.from_env()) is not None:
+            stack.callback(relayed.close)
+            return relayed
+    from cnnsearch.search.app.console import configure_logging
+    from cnnsearch.tracking.recorder_process import RecorderProcess
+
+    recorder = RecorderProcess(tracking, configure_logging,
+                               logs_model=distributed.role != Role.worker)
+    stack.callback(recorder.close)
+    return recorder
 
 
 def _local_workers(distributed, overrides: list[str]) -> None:
@@ -433,7 +448,7 @@ class _Interrupted:
     trial_started = epoch_ended = trial_ended = candidate_skipped = check
 
 
-@contextmanager
+@contextlib.contextmanager
 def _sigterm_as_interrupt():
     """Treat SIGTERM like Ctrl-C, so open runs are closed as KILLED; a second signal (a
     distributed chief stopping its workers as they stop on their own Ctrl-C) does not cut
