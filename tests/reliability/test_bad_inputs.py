@@ -290,8 +290,8 @@ from hydra.core.global_hydra import GlobalHydra
 from cnnsearch.search.app.cli import main
 
 cases, folder = json.loads(sys.argv[1]), sys.argv[2]
-codes, saved = [], (os.dup(1), os.dup(2))
-for i, args in enumerate(cases):
+codes, saved = {}, (os.dup(1), os.dup(2))
+for i, args in cases:
     files = [open(os.path.join(folder, f"{i}.{fd}"), "w") for fd in (1, 2)]
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(files[0].fileno(), 1), os.dup2(files[1].fileno(), 2)
@@ -305,7 +305,7 @@ for i, args in enumerate(cases):
         for f in files:
             f.close()
         GlobalHydra.instance().clear()
-    codes.append(code)
+    codes[i] = code
 print(json.dumps(codes))
 """
 
@@ -315,13 +315,20 @@ def bad_input_runs(tmp_path_factory, cli_env, bad_data):
     """label -> (exit code, stdout, stderr, paths.root) of main() for every bad input."""
     base = tmp_path_factory.mktemp("bad")
     roots = {label: base / f"root{i}" for i, label in enumerate(BAD_INPUTS)}
-    cases = [[*_args(label, bad_data), f"paths.root={roots[label]}"] for label in BAD_INPUTS]
+    cases = [(i, [*_args(label, bad_data), f"paths.root={roots[label]}"])
+             for i, label in enumerate(BAD_INPUTS)]
     (base / "streams").mkdir()
-    driver = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases),
-                             str(base / "streams")], capture_output=True, text=True,
-                            env=cli_env, cwd=base, timeout=300)
-    assert driver.returncode == 0, driver.stderr[-3000:]
-    codes = json.loads(driver.stdout.strip().splitlines()[-1])
+    # two drivers, one per core, each a share of the cases
+    drivers = [subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(cases[k::2]),
+                                 str(base / "streams")], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=cli_env, cwd=base)
+               for k in range(2)]
+    codes = {}
+    for driver in drivers:
+        stdout, stderr = driver.communicate(timeout=300)
+        assert driver.returncode == 0, stderr[-3000:]
+        codes.update(json.loads(stdout.strip().splitlines()[-1]))
+    codes = {int(i): code for i, code in codes.items()}
     return {label: (codes[i], (base / "streams" / f"{i}.1").read_text(),
                     (base / "streams" / f"{i}.2").read_text(), roots[label])
             for i, label in enumerate(BAD_INPUTS)}
