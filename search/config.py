@@ -216,11 +216,6 @@ TUNER_CONFIGS: dict[TunerName, type[TunerConfig]] = {
     TunerName.grid: GridTunerConfig, TunerName.hyperband: HyperbandTunerConfig}
 
 
-def tuner_config(name: str = "random", **knobs: Any) -> TunerConfig:
-    """The schema of tuner ``name`` with ``knobs`` set (for Python callers)."""
-    return TUNER_CONFIGS[TunerName(name)](**knobs)
-
-
 def _at_least(key: str, value: int, least: int) -> None:
     if value < least:
         raise UserError(f"{key} must be >= {least}, got {value}")

@@ -1,15 +1,13 @@
 """Every use of keras-tuner's private API, in one place, for the tested versions only.
 
 cnnsearch needs a few things keras-tuner does not make public: a hook on each random
-draw (to skip infeasible candidates), the oracle's record of tried values, the
-classes of keras-tuner's own callbacks, the trial's error handling, the best-epoch checkpoint
-class, the switch that builds a model per hyperparameter condition, its JSON state
-writer (made atomic),
-and, for a distributed sweep, its gRPC oracle service, the oracle's running trials and
-its retry queue. Each is wrapped here
-under a public name, so an upgrade of keras-tuner touches this file only, and an
-untested version fails at once with one clear line instead of misbehaving in the middle
-of a sweep.
+draw (to skip infeasible candidates), the oracle's record of tried values, the classes
+of keras-tuner's own callbacks (its best-epoch checkpoint among them), the trial's
+error handling, the switch that builds a model per hyperparameter condition, its JSON
+state writer (made atomic), and, for a distributed sweep, its gRPC oracle service, the
+oracle's running trials and its retry queue. Each is wrapped here under a public name,
+so an upgrade of keras-tuner touches this file only, and an untested version fails at
+once with one clear line instead of misbehaving in the middle of a sweep.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cnnsearch.search.config import tuner_config
+from cnnsearch.search.config import GridTunerConfig, HyperbandTunerConfig, RandomTunerConfig
 from cnnsearch.search.kt.stopping import (
     TIME_SPENT,
     MedianPruner,
@@ -69,9 +69,9 @@ def test_a_spent_budget_stops_the_search_and_the_running_trial_first():
 
 
 def test_the_tuners_config_decides_the_pruner():
-    assert StopPolicy.from_config(tuner_config("random")).pruner == MedianPruner(4, 3)
-    assert StopPolicy.from_config(tuner_config("grid", pruning="none")).pruner is None
-    hyperband = StopPolicy.from_config(tuner_config("hyperband", max_seconds=60))
+    assert StopPolicy.from_config(RandomTunerConfig()).pruner == MedianPruner(4, 3)
+    assert StopPolicy.from_config(GridTunerConfig(pruning="none")).pruner is None
+    hyperband = StopPolicy.from_config(HyperbandTunerConfig(max_seconds=60))
     assert hyperband.pruner is None and hyperband.deadline is not None
 
 
