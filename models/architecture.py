@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 POOLINGS = ("max", "avg", "sum", "none")
 PADDINGS = ("same", "valid")
 GLOBAL_POOLINGS = ("flatten", "avg", "max")
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "swish", "tanh", "sigmoid", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
+FLIPS = ("none", "horizontal")
 
 
 def output_side(side: int, window: int, stride: int, padding: str) -> int:
@@ -89,6 +90,46 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Augmentation:
+    """Random changes of the training images, made by Keras preprocessing layers at the
+    model's input: active in training only, and left out of the saved model
+    (:meth:`Architecture.for_inference`).
+
+    ``translate`` and ``zoom`` are fractions of the image side, ``contrast`` the
+    largest relative change of contrast; 0 turns one off.
+    """
+
+    flip: str = "none"
+    translate: float = 0.0
+    zoom: float = 0.0
+    contrast: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("flip", self.flip, FLIPS)
+        for name in ("translate", "zoom", "contrast"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"augmentation {name} must be in [0, 1), got {value}")
+
+    @property
+    def active(self) -> bool:
+        return self.flip != "none" or any((self.translate, self.zoom, self.contrast))
+
+    def layer_names(self) -> list[str]:
+        """The names of the layers it adds, in order (none when inactive)."""
+        names = ["augment_flip"] if self.flip != "none" else []
+        return names + [f"augment_{key}" for key in ("translate", "zoom", "contrast")
+                        if getattr(self, key)]
+
+    def summary(self) -> str:
+        """E.g. ``flip-t0.1-z0.1``; empty when inactive."""
+        parts = ["flip"] if self.flip != "none" else []
+        parts += [f"{key[0]}{getattr(self, key):g}" for key in ("translate", "zoom", "contrast")
+                  if getattr(self, key)]
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
 class Layer:
     """One layer as the builder will create it, with its inferred output shape."""
 
@@ -107,6 +148,7 @@ class Architecture:
     num_classes: int
     blocks: tuple[Block, ...]
     head: Head = field(default_factory=Head)
+    augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
@@ -114,6 +156,10 @@ class Architecture:
                 f"input_shape must be (height, width, channels), got {self.input_shape}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+
+    def for_inference(self) -> Architecture:
+        """The same network without its training-only augmentation layers."""
+        return replace(self, augmentation=Augmentation())
 
     # -- geometry ----------------------------------------------------------------
 
@@ -158,7 +204,8 @@ class Architecture:
         if reason:
             raise ValueError(f"infeasible architecture: {reason}")
         h, w, c = self.input_shape
-        out: list[Layer] = []
+        out = [Layer(name, "augmentation", (h, w, c), 0, 0)
+               for name in self.augmentation.layer_names()]
         for b, block in enumerate(self.blocks, start=1):
             for i in range(1, block.convs + 1):
                 stride = block.strides if i == 1 else 1
@@ -203,7 +250,8 @@ class Architecture:
     # -- text and serialisation --------------------------------------------------
 
     def summary(self) -> str:
-        """The network in one line, e.g. ``8x8x1 | 32c3s1-max2 | flatten-d64 | 10``."""
+        """The network in one line, e.g. ``8x8x1 | 32c3s1-max2 | flatten-d64 | 10``
+        (``28x28x1 aug:flip-t0.1 | ...`` with augmentation)."""
         blocks = []
         for block in self.blocks:
             conv = f"{block.filters}c{block.kernel_size}s{block.strides}"
@@ -219,6 +267,8 @@ class Architecture:
             head += f"-d{self.head.dense_units}"
             head += f"-drop{self.head.dropout:g}" if self.head.dropout else ""
         shape = "x".join(map(str, self.input_shape))
+        augment = self.augmentation.summary()
+        shape += f" aug:{augment}" if augment else ""
         return f"{shape} | {' '.join(blocks) or '-'} | {head} | {self.num_classes}"
 
     def to_dict(self) -> dict:
@@ -237,6 +287,7 @@ class Architecture:
             num_classes=data["num_classes"],
             blocks=tuple(Block(**block) for block in data["blocks"]),
             head=Head(**data.get("head", {})),
+            augmentation=Augmentation(**data.get("augmentation", {})),
         )
 
 

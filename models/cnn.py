@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from cnnsearch.models.architecture import OPTIMIZERS, Architecture, Block
+from cnnsearch.models.architecture import OPTIMIZERS, Architecture, Augmentation, Block
 from cnnsearch.models.layers import sum_pooling_2d
 
 _POOLS = {
@@ -16,6 +16,25 @@ _HEAD_POOLS = {
     "avg": keras.layers.GlobalAveragePooling2D,
     "max": keras.layers.GlobalMaxPooling2D,
 }
+
+
+def _augmentation_layers(augmentation: Augmentation) -> list[keras.layers.Layer]:
+    """Built-in Keras preprocessing layers: identity outside training, no weights, and
+    loadable in safe mode. Shifted-in borders are black (0), the images' background."""
+    layers: list[keras.layers.Layer] = []
+    if augmentation.flip != "none":
+        layers.append(keras.layers.RandomFlip(augmentation.flip, name="augment_flip"))
+    if augmentation.translate:
+        t = augmentation.translate
+        layers.append(keras.layers.RandomTranslation(t, t, fill_mode="constant",
+                                                     name="augment_translate"))
+    if augmentation.zoom:
+        layers.append(keras.layers.RandomZoom(augmentation.zoom, fill_mode="constant",
+                                              name="augment_zoom"))
+    if augmentation.contrast:
+        layers.append(keras.layers.RandomContrast(augmentation.contrast, value_range=(0, 1),
+                                                  name="augment_contrast"))
+    return layers
 
 
 def _block(x, index: int, block: Block):
@@ -61,6 +80,8 @@ def build_model(arch: Architecture) -> keras.Model:
         raise ValueError(f"infeasible architecture: {reason}")
     inputs = keras.Input(shape=arch.input_shape, name="image")
     x = inputs
+    for layer in _augmentation_layers(arch.augmentation):
+        x = layer(x)
     for index, block in enumerate(arch.blocks, start=1):
         x = _block(x, index, block)
     x = _HEAD_POOLS[arch.head.global_pooling](name="head_pool")(x)
@@ -72,6 +93,20 @@ def build_model(arch: Architecture) -> keras.Model:
     outputs = keras.layers.Dense(
         arch.num_classes, activation="softmax", dtype="float32", name="output")(x)
     return keras.Model(inputs, outputs, name="cnn")
+
+
+def inference_model(model: keras.Model, arch: Architecture) -> keras.Model:
+    """``model`` (built from ``arch``) without its augmentation layers, with its weights:
+    what is saved, logged and exported. The same model when it has none.
+
+    A new model is not compiled (the optimizer's state is of no use to inference).
+    """
+    if not arch.augmentation.active:
+        return model
+    plain = build_model(arch.for_inference())
+    for layer in plain.layers:
+        layer.set_weights(model.get_layer(layer.name).get_weights())
+    return plain
 
 
 def compile_model(

@@ -14,7 +14,7 @@ No Keras here: composing the config (and its errors) stays fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -28,6 +28,8 @@ BLOCK_KEYS = ("convs_per_block", "filters", "kernel_size", "strides", "padding",
               "activation", "batch_norm", "pooling", "pool_size")
 SPACE_KEYS = ("num_blocks", *BLOCK_KEYS, "global_pooling", "dense_units", "dropout",
               "learning_rate", "optimizer")
+# search_space.augmentation's keys (training-only image changes; models/cnn.py).
+AUGMENTATION_KEYS = ("flip", "translate", "zoom", "contrast")
 
 
 class DataName(StrEnum):
@@ -67,6 +69,17 @@ class Pruning(StrEnum):
 
 
 @dataclass
+class AugmentationDefaults:
+    """A data set's default ``search_space.augmentation``: each key a list or a range, as
+    in the search space (conf/data/<name>.yaml sets what suits its images)."""
+
+    flip: Any = field(default_factory=lambda: ["none"])     # none | horizontal
+    translate: Any = field(default_factory=lambda: [0.0])   # fraction of the side
+    zoom: Any = field(default_factory=lambda: [0.0])
+    contrast: Any = field(default_factory=lambda: [0.0])
+
+
+@dataclass
 class DataConfig:
     """Which data to load and how to split it."""
 
@@ -77,6 +90,7 @@ class DataConfig:
     image_size: list[int] | None = None
     color_mode: ColorMode = ColorMode.grayscale
     limit: int | None = None
+    augmentation: AugmentationDefaults = field(default_factory=AugmentationDefaults)
 
     def validate(self) -> None:
         """Raises UserError naming the first value that cannot work."""

@@ -8,7 +8,7 @@ import math
 import keras
 import numpy as np
 
-from cnnsearch.models.cnn import compile_model
+from cnnsearch.models.cnn import compile_model, inference_model
 from cnnsearch.search.config import FinalFitConfig, Schedule, TrainingConfig
 from cnnsearch.search.data.datasets import Dataset
 from cnnsearch.search.errors import UserError
@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 
 def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
                 training: TrainingConfig, result: SweepResult) -> keras.Model:
-    """Re-train the best candidate on train + validation, then evaluate it on test."""
+    """Re-train the best candidate on train + validation, then evaluate it on test.
+
+    The model returned (saved, logged, exported) has no augmentation layers.
+    """
     if result.n_completed == 0:
         if result.stopped_reason:
             raise UserError(f"the search stopped: {result.stopped_reason}")
@@ -53,6 +56,9 @@ def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
                   epochs=epochs, batch_size=training.batch_size, verbose=0)
     else:
         model = tuner.get_best_models(1)[0]
+    if (plain := inference_model(model, candidate.architecture)) is not model:
+        model = compile_model(plain, candidate.optimizer, candidate.learning_rate,
+                              jit_compile=training.jit_compile)
     result.test_loss, result.test_accuracy = (float(v) for v in model.evaluate(
         data.x_test, data.y_test, batch_size=training.batch_size, verbose=0))
     return model

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -15,9 +17,18 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 
-def load_space(name: str = "small") -> dict:
-    """A search_space preset of conf/search_space as a plain dict."""
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "search_space" / f"{name}.yaml"))
+def load_space(name: str = "small", data: str = "digits") -> dict:
+    """A search_space preset of conf/search_space as a plain dict (a fresh copy), its
+    augmentation keys resolved for ``data`` (conf/data/<data>.yaml)."""
+    return copy.deepcopy(_composed_space(name, data))
+
+
+@functools.cache
+def _composed_space(name: str, data: str) -> dict:
+    from cnnsearch.search.app.api import compose
+
+    config = compose([f"search_space={name}", f"data={data}"])
+    return OmegaConf.to_container(config.search_space, resolve=True)
 
 
 class Recorder:

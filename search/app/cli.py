@@ -89,13 +89,14 @@ def whole_space_values(args: list[str]) -> list[str]:
     list (nor a list into a range), so the override becomes Hydra's delete-and-add.
     Sub-keys (``search_space.dropout.max=0.3``) and Hydra's own ``~``/``+`` forms pass.
     """
-    from cnnsearch.search.config import SPACE_KEYS
+    from cnnsearch.search.config import AUGMENTATION_KEYS, SPACE_KEYS
 
+    whole = {*SPACE_KEYS, *(f"augmentation.{key}" for key in AUGMENTATION_KEYS)}
     rewritten = []
     for arg in args:
         key, equals, value = arg.partition("=")
         name = key.removeprefix("search_space.")
-        if equals and name != key and name in SPACE_KEYS:
+        if equals and name != key and name in whole:
             rewritten += [f"~{key}", f"+{key}={value}"]
         else:
             rewritten.append(arg)
@@ -164,9 +165,10 @@ def _allowed_keys(error: BaseException | None) -> str:
     if dataclasses.is_dataclass(error.object_type):
         keys = [f.name for f in dataclasses.fields(error.object_type)]
     elif (error.full_key or "").startswith("search_space."):
-        from cnnsearch.search.config import SPACE_KEYS
+        from cnnsearch.search.config import AUGMENTATION_KEYS, SPACE_KEYS
 
-        keys = [*SPACE_KEYS, "max_params"]
+        keys = (list(AUGMENTATION_KEYS) if error.full_key.startswith("search_space.augmentation.")
+                else [*SPACE_KEYS, "augmentation", "max_params"])
     else:
         return ""
     return f"; allowed keys: {', '.join(keys)}"

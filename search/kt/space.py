@@ -14,15 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 from cnnsearch.models.architecture import (
     ACTIVATIONS,
+    FLIPS,
     GLOBAL_POOLINGS,
     OPTIMIZERS,
     PADDINGS,
     POOLINGS,
     Architecture,
+    Augmentation,
     Block,
     Head,
 )
-from cnnsearch.search.config import BLOCK_KEYS, SPACE_KEYS
+from cnnsearch.search.config import (
+    AUGMENTATION_KEYS,
+    BLOCK_KEYS,
+    SPACE_KEYS,
+    AugmentationDefaults,
+)
 from cnnsearch.search.errors import UserError
 
 if TYPE_CHECKING:   # validating a space needs no keras-tuner (nor Keras)
@@ -31,7 +38,9 @@ if TYPE_CHECKING:   # validating a space needs no keras-tuner (nor Keras)
 _ALLOWED = {
     "padding": PADDINGS, "pooling": POOLINGS, "activation": ACTIVATIONS,
     "global_pooling": GLOBAL_POOLINGS, "optimizer": OPTIMIZERS, "batch_norm": (False, True),
+    "augmentation.flip": FLIPS,
 }
+_FRACTIONS = ("augmentation.translate", "augmentation.zoom", "augmentation.contrast")
 _POSITIVE_INTS = ("num_blocks", "convs_per_block", "filters", "kernel_size", "strides",
                   "pool_size")
 
@@ -76,7 +85,11 @@ class Dimension:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A validated search space plus the optional parameter budget."""
+    """A validated search space plus the optional parameter budget.
+
+    ``dims`` holds every key of ``SPACE_KEYS`` and ``augmentation.<key>`` for each of
+    ``AUGMENTATION_KEYS`` (absent from the config: that augmentation off).
+    """
 
     dims: Mapping[str, Dimension]
     max_params: int | None = None
@@ -91,18 +104,20 @@ class SearchSpace:
         """
         config = dict(config)
         max_params = config.pop("max_params", None)
+        augmentation = _augmentation_dims(config.pop("augmentation", None) or {})
         if max_params is not None and (not isinstance(max_params, int) or max_params < 1):
             raise UserError(f"search_space.max_params must be a positive integer or null, "
                             f"got {max_params!r}")
         unknown = sorted(set(config) - set(SPACE_KEYS))
         if unknown:
             raise UserError(f"unknown search_space key {unknown[0]!r}; allowed: "
-                            f"{', '.join(SPACE_KEYS)}, max_params")
+                            f"{', '.join(SPACE_KEYS)}, augmentation, max_params")
         missing = [key for key in SPACE_KEYS if key not in config]
         if missing:
             raise UserError(f"search_space.{missing[0]} is missing; every key of "
                             f"{', '.join(SPACE_KEYS)} needs a list or a range")
-        return cls({key: _parse(key, config[key]) for key in SPACE_KEYS}, max_params)
+        dims = {key: _parse(key, config[key]) for key in SPACE_KEYS}
+        return cls(dims | augmentation, max_params)
 
     @property
     def max_blocks(self) -> int:
@@ -136,6 +151,8 @@ class SearchSpace:
                 values["dropout"] = dims["dropout"].declare(hp, "dropout")
         for key in ("learning_rate", "optimizer"):
             values[key] = dims[key].declare(hp, key)
+        for key in AUGMENTATION_KEYS:
+            values[f"augment_{key}"] = dims[f"augmentation.{key}"].declare(hp, f"augment_{key}")
         return {k: v for k, v in values.items() if v is not None}
 
     def grid_size(self) -> int:
@@ -177,7 +194,9 @@ def candidate_from_values(
     units = int(values["dense_units"])
     dropout = float(values.get("dropout", 0.0)) if units else 0.0
     head = Head(values["global_pooling"], units, dropout)
-    arch = Architecture(tuple(input_shape), num_classes, tuple(blocks), head)
+    augmentation = Augmentation(values.get("augment_flip", "none"), *(
+        float(values.get(f"augment_{key}", 0.0)) for key in ("translate", "zoom", "contrast")))
+    arch = Architecture(tuple(input_shape), num_classes, tuple(blocks), head, augmentation)
     return Candidate(arch, values["optimizer"], float(values["learning_rate"]))
 
 
@@ -189,6 +208,20 @@ def skip_reason(candidate: Candidate, max_params: int | None) -> str | None:
         if params > max_params:
             reason = f"{params:,} parameters > search_space.max_params={max_params:,}"
     return reason
+
+
+def _augmentation_dims(config: Any) -> dict[str, Dimension]:
+    """``augmentation.<key>`` dimensions; a key left out is that augmentation off."""
+    if not isinstance(config, Mapping):
+        raise UserError(f"search_space.augmentation must be a mapping of "
+                        f"{', '.join(AUGMENTATION_KEYS)}, got {config!r}")
+    unknown = sorted(set(config) - set(AUGMENTATION_KEYS))
+    if unknown:
+        raise UserError(f"unknown search_space.augmentation key {unknown[0]!r}; allowed: "
+                        f"{', '.join(AUGMENTATION_KEYS)}")
+    off = AugmentationDefaults()
+    return {f"augmentation.{key}": _parse(f"augmentation.{key}", config.get(key, getattr(off, key)))
+            for key in AUGMENTATION_KEYS}
 
 
 def _parse(key: str, spec: Any) -> Dimension:
@@ -253,6 +286,10 @@ def _check_value(key: str, value: Any) -> None:
     elif key == "dropout":
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
             raise UserError(f"search_space.dropout: {value!r} is not allowed; use [0, 1)")
+    elif key in _FRACTIONS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+            raise UserError(f"search_space.{key}: {value!r} is not allowed; use a fraction "
+                            "in [0, 1) (0: off)")
     elif key == "learning_rate":
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise UserError(f"search_space.learning_rate: {value!r} is not allowed; use > 0")

@@ -14,6 +14,7 @@ from cnnsearch.search.app.cli import whole_space_values
 from cnnsearch.search.app.commands import sweep_spec, tracking_spec
 from cnnsearch.search.app.config import register_configs
 from cnnsearch.search.config import (
+    AUGMENTATION_KEYS,
     SPACE_KEYS,
     DataConfig,
     FinalFitConfig,
@@ -66,7 +67,7 @@ def test_default_config_composes_to_a_digits_random_sweep(compose_config):
     assert cfg.data.name == "digits"
     assert cfg.tuner.name == "random"
     assert cfg.tracking.mode == "local"
-    assert OmegaConf.to_container(cfg.search_space) == load_space("default")
+    assert OmegaConf.to_container(cfg.search_space, resolve=True) == load_space("default")
     assert cfg.seed == 0
     assert OmegaConf.missing_keys(cfg) == set()
 
@@ -77,7 +78,9 @@ def test_every_option_of_every_group_composes(compose_config, group, option):
     cfg = compose_config(f"{group}={option}")
     node = OmegaConf.to_container(cfg[group])
     for key, value in _yaml(group, option).items():
-        if value != "???":   # a mandatory marker: checked where the value is used (below)
+        if isinstance(value, dict):   # a nested group (data.augmentation): the keys it sets
+            assert node[key] | value == node[key], f"{group}={option}: {key}"
+        elif value != "???":   # a mandatory marker: checked where the value is used (below)
             assert node[key] == value, f"{group}={option}: {key}"
     if group == "search_space":
         assert OmegaConf.to_container(cfg.search_space) == _yaml(group, option)
@@ -90,7 +93,7 @@ def test_every_option_of_every_group_composes(compose_config, group, option):
 def test_experiment_quick_overrides_only_what_it_changes(compose_config):
     default = compose_config()
     quick = compose_config("experiment=quick")
-    assert OmegaConf.to_container(quick.search_space) == load_space("small")
+    assert OmegaConf.to_container(quick.search_space, resolve=True) == load_space("small")
     assert quick.tuner.max_trials == 3
     assert quick.training.epochs == 2
     # everything the preset does not mention keeps the default
@@ -173,7 +176,7 @@ def test_unknown_group_option_fails_at_compose_time(compose_config):
 def test_every_search_space_preset_validates(compose_config, preset):
     spec = sweep_spec(compose_config(f"search_space={preset}"))
     space = validate(spec)
-    assert set(space.dims) == set(SPACE_KEYS)
+    assert set(space.dims) == {*SPACE_KEYS, *(f"augmentation.{k}" for k in AUGMENTATION_KEYS)}
     assert space.max_params == _yaml("search_space", preset).get("max_params")
     assert space.max_blocks >= 1
 
@@ -190,7 +193,7 @@ def test_a_search_space_key_takes_either_form_on_the_command_line(compose_config
                                                                    key, expected):
     cfg = compose_config(*whole_space_values(["search_space=default", override]))
     assert OmegaConf.to_container(cfg.search_space[key]) == expected
-    SearchSpace.from_config(OmegaConf.to_container(cfg.search_space))
+    SearchSpace.from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
 
 
 def test_hydra_alone_cannot_put_a_range_over_a_list(compose_config):

@@ -13,6 +13,7 @@ from cnnsearch.models.architecture import (
     PADDINGS,
     POOLINGS,
     Architecture,
+    Augmentation,
     Block,
     Head,
     output_side,
@@ -235,3 +236,22 @@ def test_head_rejects_bad_field(field, value):
 def test_architecture_rejects_bad_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         Architecture(blocks=(), **kwargs)
+
+
+def test_augmentation_is_in_the_summary_and_survives_a_round_trip():
+    arch = Architecture((28, 28, 1), 10, (Block(16),),
+                        augmentation=Augmentation("horizontal", translate=0.1))
+    assert arch.summary().startswith("28x28x1 aug:flip-t0.1 | 16c3s1-max2")
+    assert Architecture.from_dict(json.loads(arch.to_json())) == arch
+    assert arch.for_inference().augmentation == Augmentation()
+    assert arch.for_inference().params == arch.params
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"flip": "vertical"}, "flip must be one of none, horizontal"),
+    ({"zoom": 1.0}, "zoom must be in [0, 1)"),
+    ({"contrast": -0.1}, "contrast must be in [0, 1)"),
+])
+def test_a_bad_augmentation_is_refused(changes, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        Augmentation(**changes)

@@ -328,3 +328,27 @@ def test_overwrite_replaces_the_whole_destination(tmp_path, source):
     export_winner(source, ExportSpec(("keras",), destination, overwrite=True))
     assert sorted(p.name for p in destination.iterdir()) == ["manifest.json", "model.keras"]
     assert _leftovers(tmp_path) == []
+
+
+def test_an_augmented_sweep_saves_and_exports_an_inference_only_model(make_spec, tmp_path):
+    """Augmentation trains the candidates; the saved winner and every export are without
+    it and pass their parity checks."""
+    from cnnsearch.search.sweep import run_sweep
+    from tests.conftest import load_space
+
+    space = load_space("small") | {"augmentation": {"flip": ["horizontal"],
+                                                    "translate": [0.1], "contrast": [0.1]}}
+    result, model = run_sweep(make_spec(search_space=space, tuner={"max_trials": 1}))
+    assert (result.best_values["augment_flip"], result.best_values["augment_translate"]) == (
+        "horizontal", 0.1)
+    assert "aug:flip-t0.1-c0.1" in result.architecture
+    saved = keras.saving.load_model(result.model_path, safe_mode=True)
+    for network in (model, saved):
+        assert not [layer.name for layer in network.layers if "augment" in layer.name]
+    sample = np.random.default_rng(0).random((32, 8, 8, 1), dtype="float32")
+    destination = tmp_path / "export"
+    manifest = export_winner(ExportSource(saved, sample, tuple(map(str, range(10))),
+                                          result.model_path), ExportSpec(FORMATS, destination))
+    assert all(record["parity_ok"] for record in manifest["files"].values())
+    exported = keras.saving.load_model(destination / "model.keras", safe_mode=True)
+    assert [layer.name for layer in exported.layers] == [layer.name for layer in saved.layers]

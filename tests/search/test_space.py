@@ -6,16 +6,17 @@ import keras_tuner as kt
 import pytest
 from omegaconf import OmegaConf
 
-from cnnsearch.search.config import BLOCK_KEYS, SPACE_KEYS
+from cnnsearch.search.config import AUGMENTATION_KEYS, BLOCK_KEYS, SPACE_KEYS
 from cnnsearch.search.errors import UserError
 from cnnsearch.search.kt.space import SearchSpace, candidate_from_values, skip_reason
+from tests.conftest import load_space
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "search_space"
 PRESETS = sorted(PRESET_DIR.glob("*.yaml"))
 
 
 def _preset(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(PRESET_DIR / f"{name}.yaml"))
+    return load_space(name)
 
 
 def _space(name: str = "default", **changes) -> SearchSpace:
@@ -38,8 +39,8 @@ def test_presets_exist():
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_every_preset_loads_and_declares(path):
-    space = SearchSpace.from_config(OmegaConf.to_container(OmegaConf.load(path)))
-    assert set(space.dims) == set(SPACE_KEYS)
+    space = SearchSpace.from_config(_preset(path.stem))
+    assert set(space.dims) == {*SPACE_KEYS, *(f"augmentation.{k}" for k in AUGMENTATION_KEYS)}
     assert space.grid_size() >= 1
     hp = kt.HyperParameters()
     values = space.declare(hp)
@@ -51,7 +52,7 @@ def test_every_preset_loads_and_declares(path):
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_every_block_count_of_every_preset_gives_a_matching_candidate(path):
-    space = SearchSpace.from_config(OmegaConf.to_container(OmegaConf.load(path)))
+    space = SearchSpace.from_config(_preset(path.stem))
     hp = kt.HyperParameters()
     space.declare(hp)
     for n in space.dims["num_blocks"].candidates():
@@ -267,6 +268,11 @@ def _without(key: str) -> dict:
         ({"learning_rate": {"min": 1e-4, "max": 1e-2, "sampling": "exp"}}, "learning_rate",
          "linear, log"),
         ({"padding": ["same", 1]}, "padding", "same, valid"),
+        ({"augmentation": {"flip": ["vertical"]}}, "augmentation.flip", "none, horizontal"),
+        ({"augmentation": {"translate": [1.5]}}, "augmentation.translate", "[0, 1)"),
+        ({"augmentation": {"zoom": {"min": -0.1, "max": 0.2}}}, "augmentation.zoom", "[0, 1)"),
+        ({"augmentation": {"rotate": [0.1]}}, "augmentation", "flip, translate, zoom"),
+        ({"augmentation": [0.1]}, "augmentation", "mapping"),
     ],
 )
 def test_bad_config_is_one_line_user_error(changes, key, allowed):
@@ -297,3 +303,32 @@ def test_unknown_key_lists_allowed_keys():
 def test_max_params_is_optional():
     assert SearchSpace.from_config(_without("max_params")).max_params is None
     assert _space(max_params=1000).max_params == 1000
+
+
+# -- augmentation --------------------------------------------------------------------
+
+
+def test_augmentation_keys_are_drawn_and_reach_the_candidate():
+    space = _space(augmentation={"flip": ["horizontal"], "translate": [0.0, 0.1],
+                                 "zoom": {"min": 0.0, "max": 0.2, "step": 0.1}})
+    hp = kt.HyperParameters()
+    values = space.declare(hp)
+    assert {"augment_flip", "augment_translate", "augment_zoom",
+            "augment_contrast"} <= {h.name for h in hp.space}
+    values |= {"augment_translate": 0.1, "augment_zoom": 0.2}
+    augmentation = candidate_from_values(values, (8, 8, 1), 10).architecture.augmentation
+    assert (augmentation.flip, augmentation.translate, augmentation.zoom,
+            augmentation.contrast) == ("horizontal", 0.1, 0.2, 0.0)
+
+
+def test_a_space_without_augmentation_trains_on_the_images_as_they_are():
+    space = _space(augmentation=None)
+    values = space.declare(kt.HyperParameters())
+    assert not candidate_from_values(values, (8, 8, 1), 10).architecture.augmentation.active
+
+
+@pytest.mark.parametrize(("data", "flips"), [("digits", ["none"]), ("mnist", ["none"]),
+                                             ("fashion_mnist", ["horizontal", "none"])])
+def test_each_data_set_has_its_own_augmentation_defaults(data, flips):
+    """No flip for digits: a mirrored digit is another digit, or none."""
+    assert load_space("default", data)["augmentation"]["flip"] == flips
