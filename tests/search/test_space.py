@@ -4,7 +4,6 @@ from pathlib import Path
 
 import keras_tuner as kt
 import pytest
-from omegaconf import OmegaConf
 
 from cnnsearch.search.config import AUGMENTATION_KEYS, BLOCK_KEYS, SPACE_KEYS
 from cnnsearch.search.errors import UserError
