@@ -279,6 +279,17 @@ class FinalFitConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """One total budget for the whole command (search/budget.py)."""
+
+    seconds: float | None = None   # from start to the test accuracy; null: no total budget
+
+    def validate(self) -> None:
+        if self.seconds is not None and self.seconds <= 0:
+            raise UserError(f"budget.seconds must be > 0 or null, got {self.seconds}")
+
+
+@dataclass
 class DistributedConfig:
     """Several trials at once: a chief hands out trials (keras-tuner's gRPC oracle) to
     worker processes, on this host and on others."""

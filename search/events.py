@@ -93,6 +93,7 @@ class SweepResult:
     best_val_accuracy: float | None = None
     test_accuracy: float | None = None
     test_loss: float | None = None
+    final_fit_epochs: int | None = None   # the epochs the final fit trained
     n_completed: int = 0
     n_failed: int = 0
     n_skipped: int = 0

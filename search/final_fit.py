@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from cnnsearch.models.cnn import compile_model, inference_model
+from cnnsearch.search.budget import Budget, Deadline
 from cnnsearch.search.config import FinalFitConfig, Schedule, TrainingConfig
 from cnnsearch.search.data.datasets import Dataset
 from cnnsearch.search.errors import UserError
@@ -20,10 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
-                training: TrainingConfig, result: SweepResult) -> keras.Model:
+                training: TrainingConfig, result: SweepResult,
+                budget: Budget | None = None) -> keras.Model:
     """Re-train the best candidate on train + validation, then evaluate it on test.
 
-    The model returned (saved, logged, exported) has no augmentation layers.
+    With a ``budget``, the final fit trains the epochs its time left holds, and stops at
+    an epoch end that would overrun it. The model returned (saved, logged, exported)
+    has no augmentation layers.
     """
     if result.n_completed == 0:
         if result.stopped_reason:
@@ -43,9 +47,16 @@ def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
     _warn_if_chance_level(result.best_val_accuracy, data.y_val)
     if final_fit.enabled:
         epochs = final_fit.epochs or epochs_behind(tuner.oracle, best)
+        x = np.concatenate([data.x_train, data.x_val])
+        callbacks = []
+        if budget is not None:
+            planned, epochs = epochs, budget.final_fit_epochs(best.trial_id, epochs, len(x))
+            if epochs < planned:
+                log.warning("final fit: %d of the %d planned epochs fit in the %.0f s left of "
+                            "budget.seconds=%g", epochs, planned, budget.left, budget.seconds)
+            callbacks.append(Deadline(budget.deadline - budget.reserve))
         log.info("final fit: trial %s on train + validation for %d epochs, %s learning rate",
                  best.trial_id, epochs, final_fit.schedule)
-        x = np.concatenate([data.x_train, data.x_val])
         model = tuner.hypermodel.build(hp)
         if final_fit.schedule == Schedule.cosine:
             steps = epochs * math.ceil(len(x) / training.batch_size)
@@ -53,7 +64,9 @@ def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
                           keras.optimizers.schedules.CosineDecay(candidate.learning_rate, steps),
                           jit_compile=training.jit_compile)
         model.fit(x, np.concatenate([data.y_train, data.y_val]),
-                  epochs=epochs, batch_size=training.batch_size, verbose=0)
+                  epochs=epochs, batch_size=training.batch_size, callbacks=callbacks, verbose=0)
+        result.final_fit_epochs = epochs if not callbacks or callbacks[0].stopped_at is None \
+            else callbacks[0].stopped_at + 1
     else:
         model = tuner.get_best_models(1)[0]
     if (plain := inference_model(model, candidate.architecture)) is not model:

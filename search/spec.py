@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cnnsearch.search.config import (
+    BudgetConfig,
     DataConfig,
     DistributedConfig,
     FinalFitConfig,
@@ -39,6 +40,7 @@ class SweepSpec:
     final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
     config: dict = field(default_factory=dict)   # the composed config, for the records
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     @property
     def space_hash(self) -> str:
@@ -78,7 +80,8 @@ def validate(spec: SweepSpec) -> SearchSpace:
     """
     space = SearchSpace.from_config(spec.search_space)
     check_sweep_name(spec.name)
-    for group in (spec.data, spec.tuner, spec.training, spec.final_fit, spec.distributed):
+    for group in (spec.data, spec.tuner, spec.training, spec.final_fit, spec.distributed,
+                  spec.budget):
         group.validate()
     if spec.tuner.name == "grid":
         for dim in space.dims.values():

@@ -10,14 +10,20 @@ from dataclasses import asdict
 
 import keras
 
-from cnnsearch.search.config import (
-    TrainingConfig,
-)
+from cnnsearch.search.budget import Budget
+from cnnsearch.search.config import FinalFitConfig, TrainingConfig
 from cnnsearch.search.data.datasets import Dataset, load_dataset
 from cnnsearch.search.distributed.workers import WorkerPool
 from cnnsearch.search.errors import UserError
-from cnnsearch.search.events import BEST_MODEL_FILE, Observers, SweepInfo, SweepResult
-from cnnsearch.search.final_fit import final_model
+from cnnsearch.search.events import (
+    BEST_MODEL_FILE,
+    Observers,
+    SweepInfo,
+    SweepResult,
+    TrialOutcome,
+    TrialState,
+)
+from cnnsearch.search.final_fit import epochs_behind, final_model
 from cnnsearch.search.folder import sweep_folder
 from cnnsearch.search.kt.hypermodel import CNNHyperModel
 from cnnsearch.search.kt.internals import (
@@ -43,7 +49,7 @@ log = logging.getLogger(__name__)
 def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | None = None,
               workers: WorkerPool | None = None,
               hypermodel_class: type[CNNHyperModel] = CNNHyperModel,
-              ) -> tuple[SweepResult, keras.Model]:
+              budget: Budget | None = None) -> tuple[SweepResult, keras.Model]:
     """Search, re-train the winner, evaluate it once on the test split.
 
     Args:
@@ -53,6 +59,7 @@ def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | No
         workers: this host's worker processes, already started (distributed sweeps).
         hypermodel_class: how hyperparameters become a trained model (a subclass may
             build or fit differently).
+        budget: ``spec.budget.seconds`` begun (begun now when None and it is set).
 
     Returns:
         The result summary and the final model.
@@ -67,21 +74,27 @@ def run_sweep(spec: SweepSpec, observers: list | None = None, data: Dataset | No
     events = Observers(observers or [])
     if data is None:
         data = load_dataset(spec.data, spec.seed)
+    if budget is None and spec.budget.seconds is not None:
+        budget = Budget(spec.budget.seconds, time.monotonic())
     state = {"name": spec.sweep_name, "space_hash": spec.space_hash, "config": spec.config}
     with sweep_folder(spec.directory, state, spec.resume) as continued:
         return _search_and_fit(spec, space, events, data, workers, hypermodel_class,
-                               continued)
+                               continued, budget)
 
 
 def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data: Dataset,
                     workers: WorkerPool | None, hypermodel_class: type[CNNHyperModel],
-                    continued: bool) -> tuple[SweepResult, keras.Model]:
+                    continued: bool, budget: Budget | None) -> tuple[SweepResult, keras.Model]:
     """``run_sweep`` once the sweep's folder is this process's."""
     directory = spec.directory
     dtype_policy = keras.config.dtype_policy()
     started = time.perf_counter()
     try:
-        tuner = _tuner(spec, space, data, events, hypermodel_class, overwrite=not spec.resume)
+        tuner = _tuner(spec, space, data, events, hypermodel_class, overwrite=not spec.resume,
+                       budget=budget)
+        if budget is not None:
+            events.observers.append(_FinalFitPlan(budget, tuner, spec.final_fit,
+                                                  len(data.x_train) + len(data.x_val)))
         if continued:
             repair_after_reload(tuner.oracle)
         events.sweep_started(SweepInfo(
@@ -109,7 +122,7 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
         result.stopped_reason = tuner.policy.stopped_reason
         events.search_ended()
         _count(tuner, result)
-        model = final_model(tuner, data, spec.final_fit, spec.training, result)
+        model = final_model(tuner, data, spec.final_fit, spec.training, result, budget)
         result.seconds = time.perf_counter() - started
         model.save(directory / BEST_MODEL_FILE)
         result.model_path = str(directory / BEST_MODEL_FILE)
@@ -124,16 +137,48 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
 
 
 def _tuner(spec: SweepSpec, space: SearchSpace, data: Dataset, events: Observers,
-           hypermodel_class: type[CNNHyperModel], overwrite: bool) -> SweepTuner:
+           hypermodel_class: type[CNNHyperModel], overwrite: bool,
+           budget: Budget | None = None) -> SweepTuner:
     """The sweep's tuner in ``spec.directory``, seeded, with its stop policy (its time
-    budget starts now); mixed precision on where asked (the caller restores the policy)."""
+    budget starts now, its total budget is ``budget``); mixed precision on where asked
+    (the caller restores the policy)."""
     keras.utils.set_random_seed(spec.seed)
     if spec.training.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     hypermodel = hypermodel_class(space, data.input_shape, data.num_classes, spec.training)
-    return make_tuner(spec.tuner, hypermodel, events, StopPolicy.from_config(spec.tuner),
+    return make_tuner(spec.tuner, hypermodel, events, StopPolicy.from_config(spec.tuner, budget),
                       directory=str(spec.directory), project_name="tuner",
                       overwrite=overwrite, seed=spec.seed)
+
+
+class _FinalFitPlan:
+    """Re-plans a budget's final fit after each trial (a sweep observer): the best
+    trial so far, its epochs (or ``final_fit.epochs``) over ``images`` at its speed."""
+
+    def __init__(self, budget: Budget, tuner: SweepTuner, final_fit: FinalFitConfig,
+                 images: int) -> None:
+        self.budget, self.tuner, self.final_fit, self.images = budget, tuner, final_fit, images
+
+    def trial_ended(self, outcome: TrialOutcome) -> None:
+        if outcome.status == TrialState.completed and outcome.images_per_second:
+            self.budget.speeds[outcome.trial_id] = outcome.images_per_second
+        best = self.tuner.oracle.get_best_trials(1)
+        if best and self.final_fit.enabled:
+            epochs = self.final_fit.epochs or epochs_behind(self.tuner.oracle, best[0])
+            self.budget.plan(best[0].trial_id, epochs, self.images)
+
+
+def first_candidate(spec: SweepSpec, data: Dataset) -> keras.Model | None:
+    """The compiled model of the space's first candidate (each key's first value), or
+    None where it cannot be built (infeasible, too large)."""
+    import keras_tuner as kt
+
+    hypermodel = CNNHyperModel(validate(spec), data.input_shape, data.num_classes,
+                               spec.training)
+    try:
+        return hypermodel.build(kt.HyperParameters())
+    except kt.errors.FailedTrialError:
+        return None
 
 
 def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> None:

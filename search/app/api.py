@@ -12,6 +12,7 @@ CLI would print.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import pandas as pd
@@ -50,13 +51,14 @@ def sweep(overrides: Iterable[str] = ()) -> SweepResult:
         ``architecture``, ``test_accuracy`` ...), ``model_path``, ``run_id`` (the MLflow
         parent run) and ``leaderboard`` (a DataFrame; None with ``tracking=none``).
     """
+    started = time.monotonic()   # budget.seconds counts from the call
     overrides = list(overrides)
     quiet_libraries()
     cfg = compose(overrides)
     if cfg.distributed.role == Role.worker:   # it has no result: the chief holds it
         raise UserError("cnnsearch.sweep runs a sweep or its chief, not a worker "
                         "(distributed.role=worker): start workers with the CLI")
-    result = commands.sweep_command(cfg, overrides, show=False)
+    result = commands.sweep_command(cfg, overrides, show=False, started=started)
     if result.run_id is not None:
         result.leaderboard = results([*overrides, f"results.sweep={result.run_id}"])
     return result

@@ -56,7 +56,29 @@ def sweep_spec(cfg: DictConfig):
         final_fit=config.final_fit,
         config=_without_credentials(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),
         distributed=config.distributed,
+        budget=config.budget,
     )
+
+
+def _budget(spec, data, started: float | None):
+    """The sweep's total budget, begun at ``started`` (default: this process's start),
+    once one epoch of the first candidate is known to fit (None: no budget)."""
+    if spec.budget.seconds is None or spec.distributed.role == Role.worker:
+        return None
+    import time
+
+    import psutil
+
+    from cnnsearch.search.budget import Budget, check_one_epoch_fits
+    from cnnsearch.search.sweep import first_candidate
+
+    if started is None:
+        started = time.monotonic() - (time.time() - psutil.Process().create_time())
+    budget = Budget(spec.budget.seconds, started)
+    model = first_candidate(spec, data)
+    if model is not None:
+        check_one_epoch_fits(budget, model, data, spec.training.batch_size)
+    return budget
 
 
 def _overrides() -> list[str]:
@@ -83,10 +105,12 @@ def tracking_spec(cfg: DictConfig) -> TrackingConfig:
 
 
 def sweep_command(cfg: DictConfig, overrides: list[str] | None = None,
-                  show: bool = True) -> SweepResult | None:
+                  show: bool = True, started: float | None = None) -> SweepResult | None:
     """``cnnsearch sweep``: run one sweep and print its summary table (a worker: train
     the trials its chief hands out). ``overrides``: what composed ``cfg``, for the
-    workers this host starts (default: the command line's); ``show``: print the table.
+    workers this host starts (default: the command line's); ``show``: print the table;
+    ``started``: when ``budget.seconds`` began (``time.monotonic()``; default: when
+    this process started).
 
     In order: every value is checked (nothing starts on a bad one); this host's worker
     processes and the MLflow recorder start, so their start-ups overlap this process's
@@ -115,6 +139,7 @@ def sweep_command(cfg: DictConfig, overrides: list[str] | None = None,
         if recorder is not None:   # an unreachable server fails before any data is loaded
             recorder.check()
         data = load_dataset(spec.data, spec.seed)
+        budget = _budget(spec, data, started)
         if recorder is not None:   # the store's first write: the config and data are good
             recorder.open()
             observers.append(recorder)
@@ -124,7 +149,8 @@ def sweep_command(cfg: DictConfig, overrides: list[str] | None = None,
         if distributed.role == Role.worker:
             run_worker(spec, [*observers, interrupted], data=data)
             return None
-        result, _ = run_sweep(spec, [*observers, interrupted], data=data, workers=pool)
+        result, _ = run_sweep(spec, [*observers, interrupted], data=data, workers=pool,
+                              budget=budget)
         result.run_id = recorder.parent_run_id if recorder is not None else None
     if show:
         report.print(summary_table(result))

@@ -14,6 +14,7 @@ from omegaconf import MISSING
 
 from cnnsearch.search.config import (
     TUNER_CONFIGS,
+    BudgetConfig,
     DataConfig,
     DistributedConfig,
     FinalFitConfig,
@@ -95,6 +96,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     ui: UiConfig = field(default_factory=UiConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

@@ -3,7 +3,9 @@
 One :class:`StopPolicy` per sweep serves a local search and a chief alike (each message
 is defined here once):
 
-* the search stops when its time budget (``tuner.max_seconds``) is spent or after
+* the search stops when its time budget (``tuner.max_seconds``) is spent, when the
+  command's total budget (``budget.seconds``, search/budget.py) has only its final fit
+  and reserve left, or after
   ``tuner.max_consecutive_failed_trials`` failed trials in a row: no trial starts after
   the running ones;
 * a running trial stops at an epoch end when the budget is spent, or when its pruner
@@ -29,6 +31,7 @@ from typing import Protocol
 
 import keras
 
+from cnnsearch.search.budget import Budget
 from cnnsearch.search.config import Pruning, TrialsTunerConfig, TunerConfig
 from cnnsearch.search.errors import last_line
 
@@ -84,22 +87,29 @@ class StopPolicy:
     pruner); ``stopped_reason`` says why the search stopped early, once decided."""
 
     def __init__(self, max_seconds: float | None, max_failures: int,
-                 pruner: Pruner | None = None) -> None:
-        """The time budget starts now."""
+                 pruner: Pruner | None = None, budget: Budget | None = None) -> None:
+        """The time budget starts now; ``budget``: the command's total budget, if any."""
         self.max_seconds, self.max_failures, self.pruner = max_seconds, max_failures, pruner
-        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.search_deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.budget = budget
         self.stopped_reason: str | None = None
 
     @classmethod
-    def from_config(cls, tuner: TunerConfig) -> StopPolicy:
+    def from_config(cls, tuner: TunerConfig, budget: Budget | None = None) -> StopPolicy:
         pruned = isinstance(tuner, TrialsTunerConfig) and tuner.pruning == Pruning.median
         pruner = MedianPruner(tuner.pruning_warmup_epochs, tuner.pruning_min_trials) \
             if pruned else None
-        return cls(tuner.max_seconds, tuner.max_consecutive_failed_trials, pruner)
+        return cls(tuner.max_seconds, tuner.max_consecutive_failed_trials, pruner, budget)
+
+    @property
+    def budget_spent(self) -> bool:
+        """Only the total budget's final fit and reserve are left."""
+        return self.budget is not None and time.monotonic() >= self.budget.search_deadline
 
     @property
     def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        return self.budget_spent or (self.search_deadline is not None
+                                     and time.monotonic() >= self.search_deadline)
 
     def search_stop(self, failures: list[str]) -> str | None:
         """Decide, after a trial ended, whether the search stops; returns why it stopped
@@ -108,7 +118,12 @@ class StopPolicy:
         ``failures``: the messages of the trials that failed in a row, the latest last.
         """
         if self.stopped_reason is None:
-            if self.out_of_time:
+            if self.budget_spent:
+                self.stopped_reason = (
+                    f"total budget budget.seconds={self.budget.seconds:g}: the rest is the "
+                    f"final fit's (planned {self.budget.final_fit_seconds:.0f} s) and the "
+                    f"test's")
+            elif self.out_of_time:
                 self.stopped_reason = f"time budget tuner.max_seconds={self.max_seconds:g} reached"
             elif len(failures) >= self.max_failures:
                 self.stopped_reason = (

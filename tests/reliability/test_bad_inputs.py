@@ -89,6 +89,7 @@ BAD_INPUTS = {
     "search_space.augmentation.translate": ["sweep",
                                             "search_space.augmentation.translate=[1.5]"],
     "search_space.augmentation unknown key": ["sweep", "search_space.augmentation.spin=[1]"],
+    "budget.seconds=0": ["sweep", "budget.seconds=0"],
     "sweep.name with a space": ["sweep", "sweep.name='a b'"],
     "sweep.name hidden": ["sweep", "sweep.name=.hidden"],
     "experiment=nope": ["sweep", "experiment=nope"],
@@ -133,6 +134,7 @@ NAMED = {  # label -> what its one-line error must name: the key, the bad value,
     "search_space.augmentation.translate": ["search_space.augmentation.translate", "1.5",
                                             "[0, 1)"],
     "search_space.augmentation unknown key": ["spin", "flip, translate, zoom, contrast"],
+    "budget.seconds=0": ["budget.seconds", "> 0"],
     "data.path=": ["data.path", "npz"],
     "data.path ": ["data.path", "/does/not/exist.npz"],
     "tuner.max_trials": ["tuner.max_trials", ">= 1"],
@@ -272,6 +274,22 @@ def test_a_sweep_named_after_a_users_folder_deletes_nothing(cnnsearch, cli_env, 
                f"paths.root={root}", env=cli_env, cwd=tmp_path)
     _check_one_line_error(out.returncode, out.stdout, out.stderr, root, "sweep.name absolute")
     assert (victim / "notes.txt").read_text() == "keep me"
+
+
+def test_a_total_budget_below_one_epoch_is_one_error_line_and_writes_nothing(
+        cnnsearch, cli_env, tmp_path):
+    """Known only once the data is loaded and the first candidate timed: its one line
+    follows the data line, before the store or the sweep folder is written."""
+    root = tmp_path / "root"
+    out = _run(cnnsearch, "sweep", "budget.seconds=10.5", f"paths.root={root}", env=cli_env,
+               cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    *before, line = error_lines(out.stderr)
+    assert [entry for entry in before if "data=digits" not in entry] == []
+    assert line.startswith("cnnsearch: error: budget.seconds=10.5 is too small"), line
+    assert "one epoch of the first candidate" in line
+    assert out.stdout == ""
+    assert not root.exists() or list(root.rglob("*")) == [], list(root.rglob("*"))
 
 
 def test_the_catalogue_has_at_least_60_cases():

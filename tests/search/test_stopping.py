@@ -72,7 +72,7 @@ def test_the_tuners_config_decides_the_pruner():
     assert StopPolicy.from_config(RandomTunerConfig()).pruner == MedianPruner(4, 3)
     assert StopPolicy.from_config(GridTunerConfig(pruning="none")).pruner is None
     hyperband = StopPolicy.from_config(HyperbandTunerConfig(max_seconds=60))
-    assert hyperband.pruner is None and hyperband.deadline is not None
+    assert hyperband.pruner is None and hyperband.search_deadline is not None
 
 
 # Grid order: learning rate 0.01 (learns) then 1e-6 (barely moves), one architecture.
