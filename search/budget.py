@@ -3,7 +3,8 @@ ends within it.
 
 The search gets what the rest does not need. After every trial the final fit is
 planned from measured speeds: the best trial so far, its epoch count and the images per
-second it trained at, over train + validation. The search stops (no new trial, the
+second it trained at, over train + validation; with ``reevaluate.top_k``, the k best
+trials' own training times too. The search stops (no new trial, the
 running one at its next epoch end) once only that plan and a reserve (the test, saving,
 logging) are left. The final fit then trains the planned epochs, fewer where the time
 left cannot hold them, and stops at an epoch end that would otherwise overrun.
@@ -30,6 +31,7 @@ class Budget:
         self.deadline = started + seconds
         self.reserve = max(RESERVE_SECONDS, RESERVE_SHARE * seconds)
         self.final_fit_seconds = 0.0   # the plan for the best trial so far
+        self.reevaluation_seconds = 0.0   # ... and for re-training the k best once more
         self.speeds: dict[str, float] = {}   # trial id -> training images per second
 
     @property
@@ -38,19 +40,27 @@ class Budget:
         return self.deadline - self.reserve - time.monotonic()
 
     @property
-    def search_deadline(self) -> float:
-        """When the search must end so that the planned final fit still fits."""
+    def reevaluation_deadline(self) -> float:
+        """When the re-evaluation must end so that the planned final fit still fits."""
         return self.deadline - self.reserve - self.final_fit_seconds
+
+    @property
+    def search_deadline(self) -> float:
+        """When the search must end so that the re-evaluation and final fit still fit."""
+        return self.reevaluation_deadline - self.reevaluation_seconds
 
     def speed(self, trial_id: str) -> float | None:
         """The trial's measured images per second, else the slowest measured (no
         measure of it: a worker trained it, or an earlier run of a resumed sweep)."""
         return self.speeds.get(trial_id) or min(self.speeds.values(), default=None)
 
-    def plan(self, trial_id: str, epochs: int, images: int) -> None:
-        """Plan the final fit: ``epochs`` over ``images`` at the speed of ``trial_id``."""
+    def plan(self, trial_id: str, epochs: int, images: int,
+             reevaluation_seconds: float = 0.0) -> None:
+        """Plan the final fit, ``epochs`` over ``images`` at the speed of ``trial_id``,
+        and a re-evaluation of ``reevaluation_seconds``."""
         speed = self.speed(trial_id)
         self.final_fit_seconds = epochs * images / speed if speed else 0.0
+        self.reevaluation_seconds = reevaluation_seconds
 
     def final_fit_epochs(self, trial_id: str, planned: int, images: int) -> int:
         """``planned``, or fewer (at least 1) where the time left cannot hold them."""

@@ -290,6 +290,17 @@ class BudgetConfig:
 
 
 @dataclass
+class ReevaluateConfig:
+    """Top-k re-evaluation before the final fit (search/reevaluate.py)."""
+
+    top_k: int | None = None   # the k best trials train once more; null: off
+
+    def validate(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"reevaluate.top_k must be >= 1 or null (off), got {self.top_k}")
+
+
+@dataclass
 class DistributedConfig:
     """Several trials at once: a chief hands out trials (keras-tuner's gRPC oracle) to
     worker processes, on this host and on others."""

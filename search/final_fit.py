@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 
 def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
                 training: TrainingConfig, result: SweepResult,
-                budget: Budget | None = None) -> keras.Model:
+                budget: Budget | None = None, winner=None) -> keras.Model:
     """Re-train the best candidate on train + validation, then evaluate it on test.
 
     With a ``budget``, the final fit trains the epochs its time left holds, and stops at
-    an epoch end that would overrun it. The model returned (saved, logged, exported)
+    an epoch end that would overrun it. ``winner``: the trial re-evaluation picked
+    (default: the search's best). The model returned (saved, logged, exported)
     has no augmentation layers.
     """
     if result.n_completed == 0:
@@ -35,7 +36,7 @@ def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
         example = next(iter(result.skip_reasons), "no candidate could be drawn")
         raise UserError(f"search_space has no feasible candidate for input "
                         f"{'x'.join(map(str, data.input_shape))} (e.g. {example})")
-    best = tuner.oracle.get_best_trials(1)[0]
+    best = winner or tuner.oracle.get_best_trials(1)[0]
     hp = best.hyperparameters
     candidate = tuner.hypermodel.candidate(hp.copy())
     result.best_trial_id = best.trial_id

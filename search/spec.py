@@ -17,6 +17,7 @@ from cnnsearch.search.config import (
     DistributedConfig,
     FinalFitConfig,
     RandomTunerConfig,
+    ReevaluateConfig,
     TrainingConfig,
     TunerConfig,
 )
@@ -41,6 +42,7 @@ class SweepSpec:
     config: dict = field(default_factory=dict)   # the composed config, for the records
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    reevaluate: ReevaluateConfig = field(default_factory=ReevaluateConfig)
 
     @property
     def space_hash(self) -> str:
@@ -81,7 +83,7 @@ def validate(spec: SweepSpec) -> SearchSpace:
     space = SearchSpace.from_config(spec.search_space)
     check_sweep_name(spec.name)
     for group in (spec.data, spec.tuner, spec.training, spec.final_fit, spec.distributed,
-                  spec.budget):
+                  spec.budget, spec.reevaluate):
         group.validate()
     if spec.tuner.name == "grid":
         for dim in space.dims.values():

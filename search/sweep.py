@@ -25,7 +25,7 @@ from cnnsearch.search.events import (
 )
 from cnnsearch.search.final_fit import epochs_behind, final_model
 from cnnsearch.search.folder import sweep_folder
-from cnnsearch.search.kt.hypermodel import CNNHyperModel
+from cnnsearch.search.kt.hypermodel import CNNHyperModel, training_callbacks
 from cnnsearch.search.kt.internals import (
     check_version,
     leave_search,
@@ -41,6 +41,7 @@ from cnnsearch.search.kt.tuners import (
     completed_trials,
     make_tuner,
 )
+from cnnsearch.search.reevaluate import reevaluated_winner
 from cnnsearch.search.spec import SweepSpec, validate
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
                        budget=budget)
         if budget is not None:
             events.observers.append(_FinalFitPlan(budget, tuner, spec.final_fit,
-                                                  len(data.x_train) + len(data.x_val)))
+                                                  len(data.x_train) + len(data.x_val),
+                                                  spec.reevaluate.top_k))
         if continued:
             repair_after_reload(tuner.oracle)
         events.sweep_started(SweepInfo(
@@ -120,9 +122,13 @@ def _search_and_fit(spec: SweepSpec, space: SearchSpace, events: Observers, data
         finally:
             gc.unfreeze()
         result.stopped_reason = tuner.policy.stopped_reason
+        winner = None
+        if spec.reevaluate.top_k:
+            winner = reevaluated_winner(tuner, data, spec.training, spec.reevaluate.top_k,
+                                        spec.seed, events, budget)
         events.search_ended()
         _count(tuner, result)
-        model = final_model(tuner, data, spec.final_fit, spec.training, result, budget)
+        model = final_model(tuner, data, spec.final_fit, spec.training, result, budget, winner)
         result.seconds = time.perf_counter() - started
         model.save(directory / BEST_MODEL_FILE)
         result.model_path = str(directory / BEST_MODEL_FILE)
@@ -153,19 +159,25 @@ def _tuner(spec: SweepSpec, space: SearchSpace, data: Dataset, events: Observers
 
 class _FinalFitPlan:
     """Re-plans a budget's final fit after each trial (a sweep observer): the best
-    trial so far, its epochs (or ``final_fit.epochs``) over ``images`` at its speed."""
+    trial so far, its epochs (or ``final_fit.epochs``) over ``images`` at its speed, and
+    the re-evaluation of the ``top_k`` best (their own training times)."""
 
     def __init__(self, budget: Budget, tuner: SweepTuner, final_fit: FinalFitConfig,
-                 images: int) -> None:
+                 images: int, top_k: int | None) -> None:
         self.budget, self.tuner, self.final_fit, self.images = budget, tuner, final_fit, images
+        self.top_k = top_k or 0
+        self.seconds: dict[str, float] = {}   # trial id -> its training time
 
     def trial_ended(self, outcome: TrialOutcome) -> None:
         if outcome.status == TrialState.completed and outcome.images_per_second:
             self.budget.speeds[outcome.trial_id] = outcome.images_per_second
-        best = self.tuner.oracle.get_best_trials(1)
+            self.seconds[outcome.trial_id] = outcome.train_seconds
+        oracle = self.tuner.oracle
+        best = oracle.get_best_trials(max(self.top_k, 1))
         if best and self.final_fit.enabled:
-            epochs = self.final_fit.epochs or epochs_behind(self.tuner.oracle, best[0])
-            self.budget.plan(best[0].trial_id, epochs, self.images)
+            epochs = self.final_fit.epochs or epochs_behind(oracle, best[0])
+            again = sum(self.seconds.get(t.trial_id, 0.0) for t in best[:self.top_k])
+            self.budget.plan(best[0].trial_id, epochs, self.images, again)
 
 
 def first_candidate(spec: SweepSpec, data: Dataset) -> keras.Model | None:
@@ -183,16 +195,8 @@ def first_candidate(spec: SweepSpec, data: Dataset) -> keras.Model | None:
 
 def _search(tuner: SweepTuner, data: Dataset, training: TrainingConfig) -> None:
     """Run the search (until its oracle or its stop policy ends it)."""
-    callbacks = []
     objective = tuner.oracle.objective
-    if training.reduce_lr_patience:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=objective.name, mode=objective.direction,
-            factor=training.reduce_lr_factor, patience=training.reduce_lr_patience))
-    if training.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=objective.name, mode=objective.direction,
-            patience=training.early_stopping_patience))
+    callbacks = training_callbacks(objective.name, objective.direction, training)
     tuner.search(x=data.x_train, y=data.y_train, validation_data=(data.x_val, data.y_val),
                  epochs=training.epochs, batch_size=training.batch_size,
                  callbacks=callbacks, verbose=0)

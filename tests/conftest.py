@@ -68,6 +68,12 @@ class Recorder:
     def candidate_skipped(self, reason, values):
         self.events.append(("candidate_skipped", reason, dict(values)))
 
+    def trial_reevaluated(self, trial_id, score, mean):
+        self.events.append(("trial_reevaluated", trial_id, score, mean))
+
+    def search_ended(self):
+        self.events.append(("search_ended",))
+
     def sweep_ended(self, result, model):
         self.events.append(("sweep_ended", result, model))
 

@@ -165,6 +165,9 @@ class RecorderProcess:
     def trial_lost(self, trial_id: str, reason: str) -> None:
         self._send("trial_lost", trial_id, reason)
 
+    def trial_reevaluated(self, trial_id: str, score: float, mean: float) -> None:
+        self._send("trial_reevaluated", trial_id, score, mean)
+
     def search_ended(self) -> None:
         self._send("search_ended")
 

@@ -19,13 +19,15 @@ from cnnsearch.tracking.store import TAG_ROLE, RunState  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["rank", "trial", "status", "score", "val_accuracy", "params", "flops",
+COLUMNS = ["rank", "trial", "status", "score", "reevaluated", "mean_score", "val_accuracy",
+           "params", "flops",
            "train_seconds", "epochs_run", "pareto", "architecture", "reason", "run_id",
            "start_time"]
 # column -> where a trial's run (flattened by pandas.json_normalize) holds it; "score"
 # is the metric best_<objective> of the sweep
 SOURCES = {"trial": "data.tags.cnnsearch.trial_id", "status": "data.tags.cnnsearch.status",
-           "score": None, "val_accuracy": "data.metrics.best_val_accuracy",
+           "score": None, "reevaluated": None, "mean_score": None,
+           "val_accuracy": "data.metrics.best_val_accuracy",
            "params": "data.metrics.param_count", "flops": "data.metrics.flops",
            "train_seconds": "data.metrics.train_seconds",
            "epochs_run": "data.metrics.epochs_run",
@@ -50,7 +52,9 @@ def leaderboard(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
     front marked.
 
     Columns: rank, trial, status, score (the best epoch's ``tuner.objective``; its name
-    is in ``table.attrs["objective"]``), val_accuracy (best epoch), params, flops,
+    is in ``table.attrs["objective"]``), reevaluated and mean_score (a top-k
+    re-evaluation's score and its mean with score, else empty), val_accuracy (best
+    epoch), params, flops,
     train_seconds, epochs_run, pareto (not dominated in accuracy vs params),
     architecture (one line), reason (of a failure), run_id, start_time.
     """
@@ -62,7 +66,9 @@ def leaderboard(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
         max_results=50_000)
     # each run flattened: info.run_id, data.metrics.<name>, data.tags.<name> ...
     flat = pd.json_normalize([run.to_dictionary() for run in runs])
-    sources = {**SOURCES, "score": f"data.metrics.best_{objective}"}
+    sources = {**SOURCES, "score": f"data.metrics.best_{objective}",
+               "reevaluated": f"data.metrics.reevaluated_{objective}",
+               "mean_score": f"data.metrics.mean_{objective}"}
     table = flat.reindex(columns=list(sources.values()))
     table.columns = list(sources)
     if "info.status" in flat:   # a run without cnnsearch's status: MLflow's

@@ -270,6 +270,17 @@ class MlflowRecorder:
             return
         self._log_metrics(run_id, logs, step=epoch)
 
+    def trial_reevaluated(self, trial_id: str, score: float, mean: float) -> None:
+        """A top-k re-evaluation's score and the mean the winner is picked on, on the
+        trial's (closed) run: its latest attempt's."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'"
+            f" and tags.`{TAG_TRIAL}` = '{trial_id}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            self._log_metrics(runs[0].info.run_id, {f"reevaluated_{self.objective}": score,
+                                                    f"mean_{self.objective}": mean})
+
     def trial_ended(self, outcome) -> None:
         run_id = self.children.get(outcome.trial_id)
         if run_id is None:

@@ -57,6 +57,7 @@ def sweep_spec(cfg: DictConfig):
         config=_without_credentials(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),
         distributed=config.distributed,
         budget=config.budget,
+        reevaluate=config.reevaluate,
     )
 
 
@@ -427,6 +428,8 @@ def leaderboard_table(table: pd.DataFrame, title: str) -> Table:
                "train_seconds", "pareto", "architecture"]
     if objective != "val_accuracy":
         columns.insert(4, "val_accuracy")
+    if table.reevaluated.notna().any():   # a top-k re-evaluation ran
+        columns[4:4] = ["reevaluated", "mean_score"]
     for column in columns:
         header = f"best {objective}" if column == "score" else column
         out.add_column(header.replace("_", " "), overflow="fold")

@@ -18,6 +18,7 @@ from cnnsearch.search.config import (
     DataConfig,
     DistributedConfig,
     FinalFitConfig,
+    ReevaluateConfig,
     TrainingConfig,
     TunerConfig,
 )
@@ -97,6 +98,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     final_fit: FinalFitConfig = field(default_factory=FinalFitConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    reevaluate: ReevaluateConfig = field(default_factory=ReevaluateConfig)
     results: ResultsConfig = field(default_factory=ResultsConfig)
     ui: UiConfig = field(default_factory=UiConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

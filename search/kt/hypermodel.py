@@ -21,6 +21,21 @@ from cnnsearch.search.kt.internals import (
 from cnnsearch.search.kt.space import Candidate, SearchSpace, candidate_from_values, skip_reason
 
 
+def training_callbacks(metric: str, direction: str,
+                       training: TrainingConfig) -> list[keras.callbacks.Callback]:
+    """How every candidate trains beyond ``fit`` itself: the learning-rate drops and the
+    early stopping of ``training``, watching ``metric`` (``direction``: min or max)."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if training.reduce_lr_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=metric, mode=direction, factor=training.reduce_lr_factor,
+            patience=training.reduce_lr_patience))
+    if training.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=metric, mode=direction, patience=training.early_stopping_patience))
+    return callbacks
+
+
 class CNNHyperModel(kt.HyperModel):
     """Builds the candidate a set of hyperparameters describes."""
 

@@ -328,7 +328,7 @@ def test_observers_see_every_trial_and_epoch(make_spec, small_space, recorder):
     assert kinds == ["sweep_started",
                      "trial_started", "epoch_ended", "epoch_ended", "trial_ended",
                      "trial_started", "epoch_ended", "epoch_ended", "trial_ended",
-                     "sweep_ended"]
+                     "search_ended", "sweep_ended"]
     info = recorder.of("sweep_started")[0][0]
     assert (info.name, info.max_trials, info.resumed) == (spec.sweep_name, 5, False)
     assert result.n_completed == 2

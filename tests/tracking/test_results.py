@@ -216,3 +216,23 @@ def test_results_console_script(swept, tmp_path):
     assert _one_error_line(done.returncode, done.stderr).startswith(
         "cnnsearch: error: no sweep yet")
     assert not root.exists()
+
+
+def test_a_re_evaluated_sweep_shows_both_scores_in_mlflow_and_the_leaderboard(
+        cli_in_process, tmp_path):
+    from tests.tracking.conftest import QUICK, open_experiment
+
+    code, out, err = cli_in_process("sweep", f"paths.root={tmp_path}", *QUICK,
+                                    "reevaluate.top_k=2")
+    assert code == 0, err[-3000:]
+    store = open_experiment(tmp_path)
+    table = leaderboard(store.client, store.parents[0].info.run_id)
+    again = table[table.reevaluated.notna()]
+    assert len(again) == 2 and set(again["rank"]) == {1, 2}   # the two best by the search
+    for _, row in again.iterrows():
+        assert row.mean_score == pytest.approx((row.score + row.reevaluated) / 2)
+    winner = again.loc[again.mean_score.idxmax()]
+    assert store.parents[0].data.tags["cnnsearch.best_trial"] == winner.trial
+    assert table.mean_score.isna().sum() == len(table) - 2
+    code, out, _ = cli_in_process("results", f"paths.root={tmp_path}")
+    assert code == 0 and "reevaluated" in out and "mean score" in out
