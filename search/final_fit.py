@@ -49,13 +49,13 @@ def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
     if final_fit.enabled:
         epochs = final_fit.epochs or epochs_behind(tuner.oracle, best)
         x = np.concatenate([data.x_train, data.x_val])
-        callbacks = []
+        deadline = None
         if budget is not None:
             planned, epochs = epochs, budget.final_fit_epochs(best.trial_id, epochs, len(x))
             if epochs < planned:
                 log.warning("final fit: %d of the %d planned epochs fit in the %.0f s left of "
                             "budget.seconds=%g", epochs, planned, budget.left, budget.seconds)
-            callbacks.append(Deadline(budget.deadline - budget.reserve))
+            deadline = Deadline(budget.deadline - budget.reserve)
         log.info("final fit: trial %s on train + validation for %d epochs, %s learning rate",
                  best.trial_id, epochs, final_fit.schedule)
         model = tuner.hypermodel.build(hp)
@@ -65,9 +65,10 @@ def final_model(tuner: SweepTuner, data: Dataset, final_fit: FinalFitConfig,
                           keras.optimizers.schedules.CosineDecay(candidate.learning_rate, steps),
                           jit_compile=training.jit_compile)
         model.fit(x, np.concatenate([data.y_train, data.y_val]),
-                  epochs=epochs, batch_size=training.batch_size, callbacks=callbacks, verbose=0)
-        result.final_fit_epochs = epochs if not callbacks or callbacks[0].stopped_at is None \
-            else callbacks[0].stopped_at + 1
+                  epochs=epochs, batch_size=training.batch_size,
+                  callbacks=[deadline] if deadline else [], verbose=0)
+        stopped = deadline.stopped_at if deadline else None
+        result.final_fit_epochs = epochs if stopped is None else stopped + 1
     else:
         model = tuner.get_best_models(1)[0]
     if (plain := inference_model(model, candidate.architecture)) is not model:

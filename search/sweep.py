@@ -174,8 +174,9 @@ class _FinalFitPlan:
             self.seconds[outcome.trial_id] = outcome.train_seconds
         oracle = self.tuner.oracle
         best = oracle.get_best_trials(max(self.top_k, 1))
-        if best and self.final_fit.enabled:
-            epochs = self.final_fit.epochs or epochs_behind(oracle, best[0])
+        if best:
+            epochs = (self.final_fit.epochs or epochs_behind(oracle, best[0])
+                      if self.final_fit.enabled else 0)
             again = sum(self.seconds.get(t.trial_id, 0.0) for t in best[:self.top_k])
             self.budget.plan(best[0].trial_id, epochs, self.images, again)
 
