@@ -17,6 +17,7 @@ GLOBAL_POOLINGS = ("flatten", "avg", "max")
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "swish", "tanh", "sigmoid", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 FLIPS = ("none", "horizontal")
+AMOUNTS = ("translate", "zoom", "contrast")   # an augmentation's strengths, 0: off
 
 
 def output_side(side: int, window: int, stride: int, padding: str) -> int:
@@ -106,26 +107,24 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         _check_choice("flip", self.flip, FLIPS)
-        for name in ("translate", "zoom", "contrast"):
+        for name in AMOUNTS:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"augmentation {name} must be in [0, 1), got {value}")
 
     @property
     def active(self) -> bool:
-        return self.flip != "none" or any((self.translate, self.zoom, self.contrast))
+        return bool(self.layer_names())
 
     def layer_names(self) -> list[str]:
         """The names of the layers it adds, in order (none when inactive)."""
         names = ["augment_flip"] if self.flip != "none" else []
-        return names + [f"augment_{key}" for key in ("translate", "zoom", "contrast")
-                        if getattr(self, key)]
+        return names + [f"augment_{key}" for key in AMOUNTS if getattr(self, key)]
 
     def summary(self) -> str:
         """E.g. ``flip-t0.1-z0.1``; empty when inactive."""
         parts = ["flip"] if self.flip != "none" else []
-        parts += [f"{key[0]}{getattr(self, key):g}" for key in ("translate", "zoom", "contrast")
-                  if getattr(self, key)]
+        parts += [f"{key[0]}{getattr(self, key):g}" for key in AMOUNTS if getattr(self, key)]
         return "-".join(parts)
 
 

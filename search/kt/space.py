@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnsearch.models.architecture import (
     ACTIVATIONS,
+    AMOUNTS,
     FLIPS,
     GLOBAL_POOLINGS,
     OPTIMIZERS,
@@ -195,7 +196,7 @@ def candidate_from_values(
     dropout = float(values.get("dropout", 0.0)) if units else 0.0
     head = Head(values["global_pooling"], units, dropout)
     augmentation = Augmentation(values.get("augment_flip", "none"), *(
-        float(values.get(f"augment_{key}", 0.0)) for key in ("translate", "zoom", "contrast")))
+        float(values.get(f"augment_{key}", 0.0)) for key in AMOUNTS))
     arch = Architecture(tuple(input_shape), num_classes, tuple(blocks), head, augmentation)
     return Candidate(arch, values["optimizer"], float(values["learning_rate"]))
 
